@@ -1,0 +1,33 @@
+"""One typed config: defaults < file < env < CLI, unknown keys refused."""
+import pytest
+
+from jobs.config import IntentFlowConfig, load_config
+
+
+def test_defaults():
+    cfg = load_config(environ={})
+    assert cfg == IntentFlowConfig()
+    assert cfg.kafka.events_topic == "events" and cfg.scoring.sequence_length == 50
+    assert cfg.kafka.transaction_timeout_ms < 900_000     # below the broker's transaction.max.timeout.ms
+
+
+def test_precedence(tmp_path):
+    f = tmp_path / "c.toml"
+    f.write_text('[kafka]\nevents_topic = "from-file"\ndlq_topic = "dlq-file"\n[scoring]\nmax_batch = 7\n')
+    cfg = load_config(f, ["kafka.events_topic=from-cli"], environ={"INTENTFLOW__KAFKA__DLQ_TOPIC": "dlq-env",
+                                                                    "INTENTFLOW__SCORING__MAX_WAIT_MS": "9"})
+    assert cfg.kafka.events_topic == "from-cli"
+    assert cfg.kafka.dlq_topic == "dlq-env"
+    assert cfg.scoring.max_batch == 7 and cfg.scoring.max_wait_ms == 9
+
+
+def test_unknown_keys_fail():
+    with pytest.raises(KeyError):
+        load_config(overrides=["kafka.nope=1"], environ={})
+    with pytest.raises(KeyError):
+        load_config(overrides=["nosection.x=1"], environ={})
+
+
+def test_config_is_frozen():
+    with pytest.raises(Exception):
+        IntentFlowConfig().kafka.events_topic = "x"

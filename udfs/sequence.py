@@ -1,0 +1,171 @@
+"""The keyed scorer: each user's sequence state in RocksDB, scored in fault-tolerant dynamic batches.
+
+How batching stays fault tolerant: every event is written to the user's keyed state as
+*pending* and a processing-time timer is registered for the batch's deadline, both before
+``process_element`` returns. When the first timer of a deadline fires, one batched model call
+scores every user waiting for that deadline; each user's own timer then emits that user's
+records and clears ``pending``. State and timers are part of every checkpoint, so a crash at any
+point either replays the event from Kafka or finds it pending in state and scores it when its
+timer fires after restore; the in-memory batch is only a cache. Nothing waits in a Python list
+that a checkpoint depends on.
+
+The deadline adapts to load like Triton's dynamic batcher (preferred batch, max queue delay):
+light traffic is flushed after ``min_wait_ms``; heavier traffic waits just long enough to
+gather a preferred batch, never more than ``max_wait_ms``.
+"""
+from __future__ import annotations
+
+import logging
+import time
+
+from jobs.config import IntentFlowConfig
+from schemas import SchemaStore
+from udfs.decode import DeadLetters, Event
+from udfs.model import IntentModel
+from udfs.scoring import IntentEngine, IntentRouter
+from udfs.state import UserState
+
+log = logging.getLogger(__name__)
+PREFERRED_BATCH = 64   # ONNX Runtime on one CPU thread is most efficient at 32..128 rows
+
+
+class BatchClock:
+    """Chooses batch deadlines from the observed arrival rate (pure; unit-tested)."""
+
+    def __init__(self, min_wait_ms: int, max_wait_ms: int, preferred: int = PREFERRED_BATCH):
+        self.min_wait, self.max_wait, self.preferred = min_wait_ms, max_wait_ms, preferred
+        self.deadline = 0
+        self.rate = 0.0           # events per ms, exponentially smoothed
+        self._opened_at = 0
+        self._arrivals = 0
+        self.wait_ms = min_wait_ms
+
+    def deadline_for(self, now: int) -> int:
+        """The deadline of the batch an event arriving at ``now`` (ms) joins."""
+        self._arrivals += 1
+        if now < self.deadline:
+            return self.deadline
+        if self._opened_at:
+            elapsed = max(1, now - self._opened_at)
+            self.rate = 0.7 * self.rate + 0.3 * (self._arrivals - 1) / elapsed
+        self._opened_at, self._arrivals = now, 1
+        wait = self.min_wait
+        if self.rate * self.min_wait < self.preferred <= self.rate * self.max_wait:
+            wait = int(self.preferred / self.rate)
+        self.wait_ms = wait
+        self.deadline = now + wait
+        return self.deadline
+
+
+def make_scorer_function(cfg: IntentFlowConfig, cart_tag, churn_tag, dlq_tag):
+    """The KeyedProcessFunction, built lazily so this module imports without PyFlink."""
+    from pyflink.common import Row, Types
+    from pyflink.datastream import KeyedProcessFunction
+    from pyflink.datastream.state import ValueStateDescriptor
+
+    class SequenceScorer(KeyedProcessFunction):
+
+        def open(self, runtime_context):
+            self.state = runtime_context.get_state(ValueStateDescriptor("user_state", Types.PICKLED_BYTE_ARRAY()))
+            model = IntentModel(cfg.model.resolved_path(), cfg.model.device, cfg.model.intra_op_threads,
+                                expected_window=cfg.scoring.sequence_length)
+            store = SchemaStore()
+            self.engine = IntentEngine(model, cfg.scoring)
+            self.router = IntentRouter(cfg.scoring, store, model.version)
+            self.dead_letters = DeadLetters(store)
+            self.topic = cfg.kafka.events_topic
+            self.window = model.window
+            self.clock = BatchClock(cfg.scoring.min_wait_ms, cfg.scoring.max_wait_ms)
+            self.waiting: dict[str, UserState] = {}                # users with events pending, by key
+            self.ready: dict[str, tuple[UserState, list]] = {}     # scored, not yet emitted
+            m = runtime_context.get_metrics_group()
+            self.m_scored = m.counter("events_scored")
+            self.m_duplicates = m.counter("skipped_duplicate")
+            self.m_late = m.counter("events_late")
+            self.m_batches = m.counter("batches")
+            self.m_inference_dlq = m.counter("dlq_inference")
+            self.last_batch = 0
+            self.last_batch_ms = 0.0
+            m.gauge("last_batch_size", lambda: self.last_batch)
+            m.gauge("last_batch_ms_x1000", lambda: int(self.last_batch_ms * 1000))
+            m.gauge("batch_wait_ms", lambda: self.clock.wait_ms)
+            log.info("IntentFlow scorer: model %s (%s), window %d", model.version, model.provider, model.window)
+
+        def process_element(self, row, ctx):
+            ev = Event._make(row)
+            user = ev.user_id
+            st = self.waiting.get(user)
+            if st is None:
+                ready = self.ready.pop(user, None)
+                if ready is not None:   # scored in an earlier batch, its timer not yet fired: emit now
+                    st = ready[0]
+                    yield from self._emit(user, *ready)
+                else:
+                    st = UserState.from_value(self.state.value()) or UserState()
+            if st.seen(ev.event_id):
+                self.m_duplicates.inc()
+                return
+            if ev.event_time < ctx.timer_service().current_watermark():
+                self.m_late.inc()     # policy: late events are scored like any other (README)
+            self.engine.add(st, ev)
+            if len(st.pending) >= self.window:
+                # A burst from one user: score it now rather than let its state grow.
+                self.waiting.pop(user, None)
+                yield from self._emit(user, *self._score([st], [user])[user])
+                return
+            self.state.update(st.to_value())
+            self.waiting[user] = st
+            ctx.timer_service().register_processing_time_timer(
+                self.clock.deadline_for(ctx.timer_service().current_processing_time()))
+
+        def on_timer(self, timestamp, ctx):
+            user = ctx.get_current_key()
+            if user not in self.ready and self.waiting:
+                users = list(self.waiting)
+                self.ready.update(self._score([self.waiting[u] for u in users], users))
+                self.waiting.clear()
+            entry = self.ready.pop(user, None)
+            if entry is None:
+                # Not in memory: restored from a checkpoint, or already emitted (a stale timer).
+                st = UserState.from_value(self.state.value())
+                if st is None or not st.pending:
+                    return
+                entry = self._score([st], [user])[user]
+            yield from self._emit(user, *entry)
+
+        def _score(self, states, users):
+            started = time.perf_counter()
+            try:
+                results = self.engine.score(states)
+            except Exception as exc:  # one bad batch must not kill the job: dead-letter its events
+                log.exception("inference failed for a batch of %d users", len(states))
+                return {u: (st, exc) for u, st in zip(users, states)}
+            self.last_batch_ms = (time.perf_counter() - started) * 1000
+            self.last_batch = sum(len(r) for r in results)
+            self.m_batches.inc()
+            return {u: (st, r) for u, st, r in zip(users, states, results)}
+
+        def _emit(self, user, st, results):
+            """Yield the records of a scored user (or dead letters if its batch failed); persist its state."""
+            if isinstance(results, Exception):
+                detail = f"{type(results).__name__}: {results}"
+                for p in st.pending:
+                    self.m_inference_dlq.inc()
+                    yield dlq_tag, Row(k=user.encode(), v=self.dead_letters.encode(
+                        "inference", f"event_id={p.event_id}: {detail}", self.topic, p.partition, p.offset,
+                        p.event_time, user.encode(), None))
+                st.settle(st.h, self.window)
+                self.state.update(st.to_value())
+                return
+            now_ms = int(time.time() * 1000)
+            for scored in results:
+                routed = self.router.route(user, st, scored, now_ms)
+                yield Row(k=routed.key, v=routed.recommendation)
+                if routed.cart is not None:
+                    yield cart_tag, Row(k=routed.key, v=routed.cart)
+                if routed.churn is not None:
+                    yield churn_tag, Row(k=routed.key, v=routed.churn)
+            self.m_scored.inc(len(results))
+            self.state.update(st.to_value())
+
+    return SequenceScorer()
