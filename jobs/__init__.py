@@ -1,0 +1,1 @@
+"""IntentFlow jobs: the Flink job, its tools and the reference clients."""

@@ -1,0 +1,132 @@
+"""``intentflow`` command line: one subcommand per tool.
+
+A subcommand is a ``(name, help, add_arguments, handler)`` entry in :data:`COMMANDS`;
+``add_arguments(parser)`` declares its options and ``handler(args, cfg) -> int`` runs it with
+the loaded config (every subcommand gets ``--config`` and ``--set section.key=value``).
+Adding a command (run, score, bench, stack, ...) is one more entry.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from typing import Callable, NamedTuple
+
+from jobs.config import IntentFlowConfig, load_config
+
+
+class Command(NamedTuple):
+    name: str
+    help: str
+    add_arguments: Callable[[argparse.ArgumentParser], None]
+    handler: Callable[[argparse.Namespace, IntentFlowConfig], int]
+
+
+# --- replay ------------------------------------------------------------------------------------
+
+def _replay_arguments(p: argparse.ArgumentParser) -> None:
+    from jobs.datasets import DATASETS, FORMATS
+
+    src = p.add_mutually_exclusive_group(required=True)
+    src.add_argument("--dataset", choices=sorted(DATASETS), help="a named dataset under the shared data dir")
+    src.add_argument("--path", help="a file to replay (needs --format)")
+    p.add_argument("--format", choices=FORMATS, help="format of --path")
+    p.add_argument("--limit", type=int, help="produce at most N events (the first N in event time)")
+    pace = p.add_mutually_exclusive_group()
+    pace.add_argument("--speedup", type=float, help="event time runs N times faster than wall time (60: 1 h/min)")
+    pace.add_argument("--rate", type=float, help="fixed rate, events per second")
+    pace.add_argument("--max-rate", action="store_true", help="as fast as possible (the default)")
+    p.add_argument("--topic", help="target topic (default kafka.events_topic)")
+    p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    p.add_argument("--json", action="store_true", help="print the summary as JSON")
+
+
+def _replay(args: argparse.Namespace, cfg: IntentFlowConfig) -> int:
+    from jobs.datasets import resolve_dataset
+    from jobs.replay import replay_file
+
+    if args.path and not args.format:
+        print("intentflow replay: --path needs --format", file=sys.stderr)
+        return 2
+    path, fmt = resolve_dataset(args.dataset) if args.dataset else (args.path, args.format)
+    summary = replay_file(cfg, path, fmt, topic=args.topic, speedup=args.speedup, rate=args.rate,
+                          limit=args.limit, progress=not args.no_progress)
+    print(json.dumps(summary.as_dict()) if args.json else summary)
+    return 130 if summary.interrupted else 1 if summary.failed else 0
+
+
+# --- consume -----------------------------------------------------------------------------------
+
+def _consume_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("which", choices=("recommendation", "cart", "churn", "summary"))
+    p.add_argument("--max-messages", type=int, help="stop after N records")
+    p.add_argument("--timeout", type=float,
+                   help="stop after N s without a record (summary: overall limit, default 30)")
+    p.add_argument("--from-beginning", action="store_true", help="rewind to the start of the topic")
+
+
+def _consume(args: argparse.Namespace, cfg: IntentFlowConfig) -> int:
+    from jobs.consumers import CONSUMERS, summarize
+
+    if args.which == "summary":
+        print_summary(summarize(cfg, args.timeout or 30.0))
+        return 0
+    counts = CONSUMERS[args.which](cfg, max_messages=args.max_messages, timeout_s=args.timeout,
+                                   from_beginning=args.from_beginning)
+    print(f"{args.which}: {counts['records']} records, {counts['actions']} actions, "
+          f"{counts['undecodable']} undecodable", file=sys.stderr)
+    return 0
+
+
+def print_summary(result: dict, out=print) -> None:
+    """Human-readable :func:`jobs.consumers.summarize` result (used by ``consume summary`` and demos)."""
+    for topic, entry in result["topics"].items():
+        if topic in result["missing"]:
+            out(f"{topic}: (topic missing)")
+            continue
+        labels = ", ".join(f"{k}={v}" for k, v in entry["labels"].most_common())
+        bad = f", {entry['undecodable']} undecodable" if entry["undecodable"] else ""
+        out(f"{topic}: {entry['count']} records{bad}{f' [{labels}]' if labels else ''}")
+        for record in entry["samples"]:
+            out(f"    {_short(record)}")
+    if not result["complete"]:
+        out("(summary incomplete: timed out before the end of every partition)")
+
+
+def _short(record: dict, width: int = 200) -> str:
+    text = json.dumps(record, default=lambda v: v.hex() if isinstance(v, bytes) else str(v))
+    return text if len(text) <= width else text[: width - 3] + "..."
+
+
+COMMANDS: tuple[Command, ...] = (
+    Command("replay", "produce a dataset to the events topic in event-time order", _replay_arguments, _replay),
+    Command("consume", "run a reference consumer, or summarize the output topics", _consume_arguments, _consume),
+)
+
+
+def build_parser(commands: tuple[Command, ...] = COMMANDS) -> argparse.ArgumentParser:
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument("--config", help="TOML config file (default $INTENTFLOW_CONFIG)")
+    common.add_argument("--set", action="append", default=[], metavar="SECTION.KEY=VALUE",
+                        help="override one config value (repeatable)")
+    parser = argparse.ArgumentParser(prog="intentflow", description="IntentFlow tools")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    for cmd in commands:
+        p = sub.add_parser(cmd.name, help=cmd.help, description=cmd.help, parents=[common])
+        cmd.add_arguments(p)
+        p.set_defaults(handler=cmd.handler)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        cfg = load_config(args.config, args.set)
+    except (KeyError, ValueError, OSError) as exc:
+        print(f"intentflow: config error: {exc}", file=sys.stderr)
+        return 2
+    return args.handler(args, cfg)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
