@@ -164,7 +164,9 @@ PY
         || die "apache-flink is not installed in $VENV (no pyflink/bin/start-cluster.sh); run: bash deploy/stack.sh setup"
     # pemja (THREAD mode) embeds CPython in the TaskManager JVM and does not see the venv's
     # site-packages unless they are on PYTHONPATH ("No module named 'pemja'").
-    THREAD_PYTHONPATH="$SITE_PACKAGES:$R"
+    # deploy/flink/python holds a sitecustomize.py that imports onnxruntime while the embedded
+    # interpreter starts (a later import from an operator thread deadlocks; see that file).
+    THREAD_PYTHONPATH="$DEPLOY/flink/python:$SITE_PACKAGES:$R"
 }
 
 # The environment every Flink script (start/stop-cluster.sh, flink run) must see.

@@ -98,9 +98,77 @@ def _short(record: dict, width: int = 200) -> str:
     return text if len(text) <= width else text[: width - 3] + "..."
 
 
+# --- run / stop / demo -------------------------------------------------------------------------
+
+def _run_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--from-savepoint", metavar="PATH", help="resume from a savepoint (keeps every user's state)")
+    p.add_argument("--no-wait", action="store_true", help="return once submitted, without waiting for RUNNING")
+
+
+def _run(args: argparse.Namespace, cfg: IntentFlowConfig) -> int:
+    from jobs.flink import rest_url, stack_env, submit
+
+    job_id = submit(cfg, savepoint=args.from_savepoint, wait_running=not args.no_wait)
+    print(f"job {job_id} submitted; web UI: {rest_url(stack_env())}/#/job/running/{job_id}/overview")
+    return 0
+
+
+def _stop_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--job-id", help="default: the running job named flink.job_name")
+    p.add_argument("--savepoint", action="store_true", help="stop with a savepoint (for upgrades) instead of cancelling")
+
+
+def _stop(args: argparse.Namespace, cfg: IntentFlowConfig) -> int:
+    from jobs.flink import FlinkRest, rest_url, running_jobs, stack_env
+
+    rest = FlinkRest(rest_url(stack_env()))
+    ids = [args.job_id] if args.job_id else [j["jid"] for j in running_jobs(rest, cfg.flink.job_name)]
+    if not ids:
+        print(f"no running job named {cfg.flink.job_name!r}", file=sys.stderr)
+        return 1
+    for job_id in ids:
+        if args.savepoint:
+            print(f"job {job_id} stopped with savepoint {rest.stop_with_savepoint(job_id)}")
+        else:
+            rest.cancel(job_id)
+            print(f"job {job_id} cancelled")
+    return 0
+
+
+def _demo_arguments(p: argparse.ArgumentParser) -> None:
+    from jobs.datasets import DATASETS
+
+    p.add_argument("--dataset", default="taobao-sample", choices=sorted(DATASETS))
+    p.add_argument("--limit", type=int, help="replay only the first N events (event-time order)")
+    p.add_argument("--no-malformed", action="store_true", help="do not send the 3 malformed demo records")
+    p.add_argument("--json", help="also write the report to this JSON file")
+
+
+def _demo(args: argparse.Namespace, cfg: IntentFlowConfig) -> int:
+    from jobs.demo import run_demo
+
+    report = run_demo(cfg, args.dataset, args.limit, malformed=not args.no_malformed)
+    print(f"\n=== IntentFlow demo: {report['dataset']} ===")
+    print(f"events in: {report['events_in']} = scored {report['scored']} + dead-lettered "
+          f"{report['dead_lettered']} {report['dlq_by_reason']} + duplicates skipped {report['duplicates_skipped']}")
+    print(f"throughput: {report['events_per_s']} events/s (replay start -> last record accounted); "
+          f"wall time {report['wall_s']} s")
+    print_summary(report["summary"])
+    print(f"\nFlink web UI: {report['web_ui']}  (job {report['job_id']} keeps RUNNING; "
+          f"`intentflow stop` cancels it, `bash deploy/stack.sh down` stops everything)")
+    if args.json:
+        report = {k: v for k, v in report.items() if k != "summary"}
+        with open(args.json, "w") as fh:
+            json.dump(report, fh, indent=2)
+    return 0
+
+
 COMMANDS: tuple[Command, ...] = (
     Command("replay", "produce a dataset to the events topic in event-time order", _replay_arguments, _replay),
     Command("consume", "run a reference consumer, or summarize the output topics", _consume_arguments, _consume),
+    Command("run", "submit the intent job to the local Flink cluster", _run_arguments, _run),
+    Command("stop", "cancel the running job, or stop it with a savepoint", _stop_arguments, _stop),
+    Command("demo", "end to end on real data: job up, replay, wait, summarize", _demo_arguments, _demo),
 )
 
 

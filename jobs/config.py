@@ -82,6 +82,22 @@ class IntentFlowConfig:
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
 
+    def to_toml(self) -> str:
+        """The full config as TOML (what ``intentflow run`` hands to the job it submits)."""
+        lines = []
+        for section, values in self.to_dict().items():
+            lines.append(f"[{section}]")
+            for key, value in values.items():
+                if isinstance(value, bool):
+                    text = "true" if value else "false"
+                elif isinstance(value, (int, float)):
+                    text = repr(value)
+                else:
+                    text = '"' + str(value).replace("\\", "\\\\").replace('"', '\\"') + '"'
+                lines.append(f"{key} = {text}")
+            lines.append("")
+        return "\n".join(lines)
+
     def with_overrides(self, overrides: Mapping[str, Any]) -> "IntentFlowConfig":
         """Return a copy with ``{"section.key": value}`` applied (values coerced to the field type)."""
         sections: dict[str, dict[str, Any]] = {}

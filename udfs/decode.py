@@ -86,12 +86,18 @@ class DeadLetters:
 
 
 def kafka_ts_ms(value) -> int:
-    """Kafka record timestamp from the SQL source (TIMESTAMP_LTZ arrives as a datetime) in epoch ms."""
+    """Kafka record timestamp from the SQL source in epoch ms.
+
+    TIMESTAMP_LTZ arrives as a ``datetime`` in process mode and as a ``java.time.Instant`` proxy
+    in thread mode; read only on the dead-letter path, so the JNI call costs nothing per event.
+    """
     if value is None:
         return 0
     if isinstance(value, (int, float)):
         return int(value)
-    return int(value.timestamp() * 1000)
+    if hasattr(value, "timestamp"):
+        return int(value.timestamp() * 1000)
+    return int(value.toEpochMilli())
 
 
 def make_decode_function(dlq_tag):
@@ -118,15 +124,24 @@ def make_decode_function(dlq_tag):
             try:
                 event = parse_event(self.decoder.decode(raw.v), raw.partition, raw.offset)
             except DecodeError as err:
-                counter = self.dlq_counters.get(err.reason)
-                if counter is None:
-                    counter = self.dlq_counters[err.reason] = self.metrics.counter(f"dlq_{err.reason}")
-                counter.inc()
-                value = self.dead_letters.encode(err.reason, err.detail, raw.topic, raw.partition, raw.offset,
-                                                 kafka_ts_ms(raw.ts), raw.k, raw.v)
-                yield dlq_tag, Row(k=raw.k, v=value)
+                yield dlq_tag, self._dead_letter(raw, err.reason, err.detail)
+                return
+            except Exception as exc:  # a bug or an input we did not foresee: never kill the job for it
+                yield dlq_tag, self._dead_letter(raw, "decode_error", f"{type(exc).__name__}: {exc}")
                 return
             self.decoded.inc()
             yield event_row(*event)
+
+        def _dead_letter(self, raw, reason: str, detail: str):
+            counter = self.dlq_counters.get(reason)
+            if counter is None:
+                counter = self.dlq_counters[reason] = self.metrics.counter(f"dlq_{reason}")
+            counter.inc()
+            try:
+                ts = kafka_ts_ms(raw.ts)
+            except Exception:
+                ts = 0
+            value = self.dead_letters.encode(reason, detail, raw.topic, raw.partition, raw.offset, ts, raw.k, raw.v)
+            return Row(k=raw.k, v=value)
 
     return DecodeEvents()
