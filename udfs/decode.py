@@ -95,9 +95,11 @@ def kafka_ts_ms(value) -> int:
         return 0
     if isinstance(value, (int, float)):
         return int(value)
-    if hasattr(value, "timestamp"):
-        return int(value.timestamp() * 1000)
-    return int(value.toEpochMilli())
+    for getter in ("timestamp", "toEpochMilli", "getTime"):   # datetime, java.time.Instant, java.sql.Timestamp
+        if hasattr(value, getter):
+            result = getattr(value, getter)()
+            return int(result * 1000) if getter == "timestamp" else int(result)
+    return int(value.toInstant().toEpochMilli())
 
 
 def make_decode_function(dlq_tag):
