@@ -98,6 +98,32 @@ def _short(record: dict, width: int = 200) -> str:
     return text if len(text) <= width else text[: width - 3] + "..."
 
 
+# --- score -------------------------------------------------------------------------------------
+
+def _score_arguments(p: argparse.ArgumentParser) -> None:
+    from jobs.datasets import FORMATS
+
+    p.add_argument("--input", required=True, help="the file to score")
+    p.add_argument("--format", required=True, choices=FORMATS, help="format of --input")
+    p.add_argument("--output", required=True, help="JSON lines, one per scored event, in event-time order ('-' = stdout)")
+    p.add_argument("--limit", type=int, help="score only the first N events (in event time)")
+    p.add_argument("--json", action="store_true", help="print the summary (stderr) as JSON")
+
+
+def _score(args: argparse.Namespace, cfg: IntentFlowConfig) -> int:
+    from jobs.score import score_file
+
+    from udfs.model import ModelLoadError
+
+    try:
+        summary = score_file(cfg, args.input, args.format, args.output, limit=args.limit)
+    except (OSError, ValueError, ModelLoadError) as exc:   # missing/unreadable file, bad header, bad model
+        print(f"intentflow score: {exc}", file=sys.stderr)
+        return 1
+    print(json.dumps(summary.as_dict()) if args.json else summary, file=sys.stderr)
+    return 0
+
+
 # --- run / stop / demo -------------------------------------------------------------------------
 
 def _run_arguments(p: argparse.ArgumentParser) -> None:
@@ -169,6 +195,8 @@ COMMANDS: tuple[Command, ...] = (
     Command("run", "submit the intent job to the local Flink cluster", _run_arguments, _run),
     Command("stop", "cancel the running job, or stop it with a savepoint", _stop_arguments, _stop),
     Command("demo", "end to end on real data: job up, replay, wait, summarize", _demo_arguments, _demo),
+    Command("score", "score a dataset file offline through the job's scoring path (JSON lines out)",
+            _score_arguments, _score),
 )
 
 

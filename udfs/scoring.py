@@ -67,6 +67,7 @@ class IntentEngine:
         h = np.stack([np.frombuffer(st.h, dtype=np.float32) if st.h else self._zeros_h for st in states])
         arrays = [st.window_array() for st in states]
         results: list[list[Scored]] = [[] for _ in range(n)]
+        names: list[dict[int, str] | None] = [None] * n   # crc -> category id, built once per state
         rounds = max((len(st.pending) for st in states), default=0)
         for r in range(rounds):
             rows = [i for i in range(n) if len(states[i].pending) > r]
@@ -80,7 +81,7 @@ class IntentEngine:
                     float(out["p_buy_session"][j]), float(out["p_buy_24h"][j]),
                     float(out["p_cart_abandon"][j]), float(out["p_no_return_48h"][j]),
                     tuple(out["next_action"][j].tolist()),
-                    self._top_categories(st, arrays[i][start:end]["cat"], out["category_scores"][j]),
+                    self._top_categories(st, i, names, arrays[i][start:end]["cat"], out["category_scores"][j]),
                 ))
         for i, st in enumerate(states):
             if st.pending:
@@ -127,11 +128,12 @@ class IntentEngine:
         parts = [self.model.run({k: v[s:s + step] for k, v in feeds.items()}) for s in range(0, size, step)]
         return {k: np.concatenate([p[k] for p in parts]) for k in parts[0]}
 
-    def _top_categories(self, st: UserState, cats: np.ndarray, scores: np.ndarray) -> tuple[str, ...]:
+    def _top_categories(self, st: UserState, i: int, names_by_state: list, cats: np.ndarray,
+                        scores: np.ndarray) -> tuple[str, ...]:
         """Best distinct categories of the window by the model's pointer score (max per category)."""
         m = len(cats)
         order = np.argsort(-scores[-m:], kind="stable") if m else ()
-        names = None
+        names = names_by_state[i]
         picked: list[str] = []
         seen: set[int] = set()
         for pos in order:
@@ -140,7 +142,7 @@ class IntentEngine:
                 continue
             seen.add(c)
             if names is None:
-                names = st.category_names()
+                names = names_by_state[i] = st.category_names()
             name = names.get(c)
             if name is not None:
                 picked.append(name)
