@@ -5,6 +5,9 @@ field exists in exactly one place. Every Kafka value is framed the Confluent way
 (``0x00`` + 4-byte big-endian schema id + Avro binary); ids resolve through the local schema
 store ``registry.json`` (a stand-in for a schema registry: ids are immutable, a new version
 gets a new id), so a reader always decodes with the writer's schema and resolves it to its own.
+A subject's latest schema (its reader, and the default writer) is its highest id, unless
+``registry.json`` pins it in ``"latest": {subject: id}`` (e.g. a newer writer version registered
+before the readers move to it).
 """
 from __future__ import annotations
 
@@ -63,7 +66,7 @@ class SchemaEntry:
 
 
 class SchemaStore:
-    """The local schema store: id -> schema, subject -> latest id."""
+    """The local schema store: id -> schema, subject -> latest id (the highest, or the pinned one)."""
 
     def __init__(self, directory: Path | str = SCHEMA_DIR, registry_file: str = "registry.json"):
         self.directory = Path(directory)
@@ -79,6 +82,11 @@ class SchemaStore:
             )
             self._by_id[entry.schema_id] = entry
             self._latest[entry.subject] = entry.schema_id  # ids ascend, so the last one wins
+        for subject, sid in registry.get("latest", {}).items():  # explicit pins override the highest id
+            pinned = self._by_id.get(int(sid))
+            if pinned is None or pinned.subject != subject:
+                raise ValueError(f"{registry_file}: latest[{subject!r}] = {sid} is not a schema id of that subject")
+            self._latest[subject] = pinned.schema_id
 
     def get(self, schema_id: int) -> SchemaEntry:
         return self._by_id[schema_id]
