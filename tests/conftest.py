@@ -28,3 +28,8 @@ def data_dir() -> Path:
     if not DATA.is_dir():
         pytest.fail(f"real data not found at {DATA} (set INTENTFLOW_DATA)")
     return DATA
+
+
+@pytest.fixture(scope="session")
+def model_path() -> Path:
+    return MODEL
