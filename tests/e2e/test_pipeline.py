@@ -28,6 +28,13 @@ from udfs.state import UserState
 pytestmark = pytest.mark.e2e
 SLICE = 3000          # the first 3,000 events (event-time order) of the real Taobao sample
 RESENT = 25           # the last 25 of them are sent twice: duplicates, skipped and counted
+EVOLVED = [           # (writer schema id, event): older (v0) and newer (v2) writers of the events subject
+    (6, dict(event_id="evo-v0", user_id="evo-user-v0", event_type="add_to_cart", item_id="2268318",
+             category_id="2520377", price=None, event_time=1511544070000, source="app-1.0")),
+    (7, dict(event_id="evo-v2", user_id="evo-user-v2", event_type="view", item_id="2268318", category_id="2520377",
+             price=12.5, query=None, session_id="s-1", event_time=1511544071000, source="app-3.0",
+             device="ios", app_version="3.0.1")),
+]
 MALFORMED = [         # (expected reason, key, value)
     ("bad_framing", b"bad-1", b"definitely not avro"),
     ("empty_value", b"bad-2", None),
@@ -71,10 +78,14 @@ def run(stack, isolated_config):
         assert sent.delivered == SLICE and sent.failed == 0
         again = replay(cfg, events[-RESENT:], progress=False)
         assert again.delivered == RESENT
+        store = SchemaStore()
+        for schema_id, event in EVOLVED:
+            produce_raw(cfg.kafka.bootstrap_servers, cfg.kafka.events_topic, event["user_id"],
+                        store.encoder("events-value", schema_id).encode(event))
         for _, key, value in MALFORMED:
             produce_raw(cfg.kafka.bootstrap_servers, cfg.kafka.events_topic, key, value)
-        counters = wait_accounted(stack, job_id, SLICE + RESENT + len(MALFORMED), timeout_s=300)
-        store = SchemaStore()
+        counters = wait_accounted(stack, job_id, SLICE + len(EVOLVED) + RESENT + len(MALFORMED), timeout_s=300)
+        events = events + [e for _, e in EVOLVED]
         # Wait for the checkpoint that commits the last transactions, then read everything.
         deadline = time.time() + 60
         while True:
@@ -83,7 +94,7 @@ def run(stack, isolated_config):
                 ("cart", cfg.kafka.cart_topic, CART_SUBJECT),
                 ("churn", cfg.kafka.churn_topic, CHURN_SUBJECT),
                 ("dlq", cfg.kafka.dlq_topic, DLQ_SUBJECT))}
-            if len(outputs["recommendation"]) >= SLICE or time.time() > deadline:
+            if len(outputs["recommendation"]) >= SLICE + len(EVOLVED) or time.time() > deadline:
                 break
             time.sleep(2)
         yield cfg, stack, job_id, events, counters, outputs
@@ -103,8 +114,8 @@ def test_job_runs_with_named_operators(run):
 
 def test_accounting_invariant(run):
     _, _, _, _, counters, outputs = run
-    assert counters.events_in == SLICE + RESENT + len(MALFORMED)
-    assert counters.scored == SLICE
+    assert counters.events_in == SLICE + len(EVOLVED) + RESENT + len(MALFORMED)
+    assert counters.scored == SLICE + len(EVOLVED)
     assert counters.duplicates == RESENT
     assert counters.dead_lettered == len(MALFORMED)
     assert counters.events_in == counters.scored + counters.dead_lettered + counters.duplicates
@@ -123,11 +134,19 @@ def test_dead_letters_have_reasons_and_raw_bytes(run):
 
 def test_exact_counts_per_topic(run):
     _, _, _, events, _, outputs = run
-    assert len(outputs["recommendation"]) == SLICE
-    assert len({r["event_id"] for r in outputs["recommendation"]}) == SLICE   # each event exactly once
+    assert len(outputs["recommendation"]) == SLICE + len(EVOLVED)
+    assert len({r["event_id"] for r in outputs["recommendation"]}) == SLICE + len(EVOLVED)  # each exactly once
     n_cart = sum(e["event_type"] == "add_to_cart" for e in events)
     assert len(outputs["cart"]) == n_cart
     assert all(r["_key"] == r["user_id"].encode() for r in outputs["recommendation"])
+
+
+def test_older_and_newer_writer_schemas_are_scored(run):
+    """Records written with schema v0 (fields removed) and v2 (fields added) decode with the writer's schema."""
+    *_, outputs = run
+    got = {r["event_id"]: r for r in outputs["recommendation"]}
+    assert {"evo-v0", "evo-v2"} <= set(got)
+    assert {r["event_id"] for r in outputs["cart"]} >= {"evo-v0"}
 
 
 def test_streamed_scores_equal_offline_replay(run, model):
