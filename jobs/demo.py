@@ -66,26 +66,24 @@ def create_topics(cfg: IntentFlowConfig, partitions: int = 4) -> None:
                     "--log-append-time", cfg.kafka.events_topic, *all_topics(cfg)], check=True)
 
 
+_COUNTER_FIELDS = {"events_in": "events_in", "events_decoded": "decoded", "events_scored": "scored",
+                   "skipped_duplicate": "duplicates"}
+
+
 def job_counters(rest: FlinkRest, job_id: str) -> JobCounters:
     """Sum the job's user metrics (Python metric groups are named after the operator)."""
     c = JobCounters()
     for vertex_name in (DECODE_VERTEX, SCORER_VERTEX):
         vid = job_vertex(rest, job_id, vertex_name)
-        names = [n for n in rest.metric_names(job_id, vid) if n.rsplit(".", 1)[-1].startswith(
-            ("events_in", "events_decoded", "events_scored", "skipped_duplicate", "dlq_"))]
+        names = [n for n in rest.metric_names(job_id, vid)
+                 if n.rsplit(".", 1)[-1] in _COUNTER_FIELDS or n.rsplit(".", 1)[-1].startswith("dlq_")]
         for name, value in rest.vertex_metrics(job_id, vid, names).items():
             short, v = name.rsplit(".", 1)[-1], int(value)
-            if short == "events_in":
-                c.events_in += v
-            elif short == "events_decoded":
-                c.decoded += v
-            elif short == "events_scored":
-                c.scored += v
-            elif short == "skipped_duplicate":
-                c.duplicates += v
-            elif short.startswith("dlq_"):
+            if short.startswith("dlq_"):
                 c.dead_lettered += v
                 c.dlq_by_reason[short[4:]] = c.dlq_by_reason.get(short[4:], 0) + v
+            else:
+                setattr(c, _COUNTER_FIELDS[short], getattr(c, _COUNTER_FIELDS[short]) + v)
     return c
 
 

@@ -57,9 +57,6 @@ class FlinkRest:
     def job(self, job_id: str) -> dict:
         return self._call(f"/jobs/{job_id}")
 
-    def checkpoints(self, job_id: str) -> dict:
-        return self._call(f"/jobs/{job_id}/checkpoints")
-
     def vertex_metrics(self, job_id: str, vertex_id: str, names: Sequence[str]) -> dict[str, float]:
         """Aggregated (sum over subtasks) metric values of one vertex."""
         got = self._call(f"/jobs/{job_id}/vertices/{vertex_id}/subtasks/metrics?get={','.join(names)}&agg=sum")
