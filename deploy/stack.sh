@@ -47,7 +47,7 @@ WAIT_S="${INTENTFLOW_WAIT_S:-90}"
 
 BOOTSTRAP="127.0.0.1:$KAFKA_PORT"
 REST_URL="http://localhost:$REST_PORT"
-DEFAULT_TOPICS=(events intent.recommendation intent.cart intent.churn events.dlq)
+DEFAULT_TOPICS=(events intent.recommendation intent.cart intent.churn events.dlq users.forget users.forgotten)
 LOG_APPEND_TIME_TOPICS=(events)
 
 KAFKA_DIR="$RUN/kafka"

@@ -26,6 +26,8 @@ class KafkaConfig:
     cart_topic: str = "intent.cart"
     churn_topic: str = "intent.churn"
     dlq_topic: str = "events.dlq"
+    forget_topic: str = "users.forget"          # privacy requests: purge one user's state
+    forgotten_topic: str = "users.forgotten"    # their confirmations
     consumer_group: str = "intentflow-job"
     # Where a job without a savepoint starts reading: earliest | latest | group-offsets.
     startup_mode: str = "group-offsets"
@@ -41,6 +43,8 @@ class ScoringConfig:
     max_batch: int = 512               # most sequences in one ONNX Runtime call
     max_wait_ms: int = 50              # longest an event waits for its batch to fill (Triton's max queue delay)
     min_wait_ms: int = 5               # shortest batch window, used when traffic is light
+    # A user's state is dropped after this much event time without an event (0 = keep forever).
+    user_ttl_s: int = 7 * 86_400
     session_gap_s: int = 1800          # 30-minute inactivity splits sessions (same as the labels)
     top_categories: int = 3
     ready_to_buy_threshold: float = 0.5   # p_buy_session at/above -> label ready_to_buy

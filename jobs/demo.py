@@ -44,7 +44,8 @@ class JobCounters:
 
 def all_topics(cfg: IntentFlowConfig) -> list[str]:
     k = cfg.kafka
-    return [k.events_topic, k.recommendation_topic, k.cart_topic, k.churn_topic, k.dlq_topic]
+    return [k.events_topic, k.recommendation_topic, k.cart_topic, k.churn_topic, k.dlq_topic,
+            k.forget_topic, k.forgotten_topic]
 
 
 def recreate_topics(cfg: IntentFlowConfig, partitions: int = 4) -> None:

@@ -2,10 +2,12 @@
 
 Submit to a cluster with ``intentflow run`` (which calls ``flink run -py jobs/intent_job.py``)::
 
-    events (Kafka, Avro) ─ decode+validate ─┬─ watermarks ─ key by user ─ sequence state + batched scoring ─┬─ intent.recommendation
-                                            │                                                          ├─ intent.cart
-                                            └─ bad records ──────────────┬─────────────────────────────┼─ intent.churn
-                                                                         └── events.dlq ◄── failed batches
+    events ─ decode+validate ─┬─ watermarks ─┐
+                              │              ├ key by user ─ sequence state + batched scoring ─┬─ intent.recommendation
+    users.forget ─ decode ─┬──┼─ watermarks ─┘     (TTL, forget, dedupe, fault-tolerant batches) ├─ intent.cart
+                           │  │                                                                 ├─ intent.churn
+                           │  │                                                                 ├─ users.forgotten
+                           └──┴─ bad records ──────────────────────────── events.dlq ◄─ failed batches
 
 Kafka I/O uses the SQL connector (raw bytes + topic/partition/offset metadata in, keyed raw bytes
 out with exactly-once transactions); everything in between is DataStream API in Python.
@@ -25,6 +27,7 @@ def build_pipeline(env, t_env, cfg: IntentFlowConfig) -> None:
     from pyflink.common.watermark_strategy import TimestampAssigner
     from pyflink.datastream import OutputTag
 
+    from udfs.control import FORGET_FIELDS, make_control_decode_function
     from udfs.decode import EVENT_FIELDS, make_decode_function
     from udfs.sequence import make_scorer_function
 
@@ -32,45 +35,60 @@ def build_pipeline(env, t_env, cfg: IntentFlowConfig) -> None:
     event_type = Types.ROW_NAMED(list(EVENT_FIELDS), [
         Types.STRING(), Types.STRING(), Types.INT(), Types.STRING(), Types.STRING(), Types.DOUBLE(),
         Types.LONG(), Types.INT(), Types.LONG()])
-    decode_dlq = OutputTag("decode-dlq", kv_type)
-    score_dlq = OutputTag("score-dlq", kv_type)
-    cart = OutputTag("cart", kv_type)
-    churn = OutputTag("churn", kv_type)
+    forget_type = Types.ROW_NAMED(list(FORGET_FIELDS), [
+        Types.STRING(), Types.STRING(), Types.LONG(), Types.INT(), Types.LONG()])
+    decode_dlq, control_dlq, score_dlq = (OutputTag(n, kv_type) for n in ("decode-dlq", "control-dlq", "score-dlq"))
+    cart, churn, forgotten = (OutputTag(n, kv_type) for n in ("cart", "churn", "forgotten"))
+    idle = Duration.of_millis(cfg.flink.idle_source_timeout_ms)
 
     class EventTime(TimestampAssigner):
         def extract_timestamp(self, value, record_timestamp):
             return value.event_time
 
-    _create_kafka_tables(t_env, cfg)
-    raw = t_env.to_data_stream(t_env.from_path("events_source"))
+    class NeverAdvances(TimestampAssigner):
+        """Control requests must not move event time (a replay's clock is not the wall clock):
+        their input is idle, or holds the watermark still, never ahead."""
+        def extract_timestamp(self, value, record_timestamp):
+            return 0
 
-    events = (raw
+    _create_kafka_tables(t_env, cfg)
+    events = (t_env.to_data_stream(t_env.from_path("events_source"))
               .process(make_decode_function(decode_dlq), output_type=event_type)
               .name("decode-validate").uid("decode-validate"))
+    requests = (t_env.to_data_stream(t_env.from_path("forget_source"))
+                .process(make_control_decode_function(control_dlq), output_type=forget_type)
+                .name("decode-forget-requests").uid("decode-forget-requests"))
     scored = (events
               .assign_timestamps_and_watermarks(
-                  WatermarkStrategy
-                  .for_bounded_out_of_orderness(Duration.of_millis(cfg.flink.max_out_of_orderness_ms))
-                  .with_idleness(Duration.of_millis(cfg.flink.idle_source_timeout_ms))
-                  .with_timestamp_assigner(EventTime()))
+                  WatermarkStrategy.for_bounded_out_of_orderness(Duration.of_millis(cfg.flink.max_out_of_orderness_ms))
+                  .with_idleness(idle).with_timestamp_assigner(EventTime()))
               .name("event-time-watermarks").uid("event-time-watermarks")
-              .key_by(lambda e: e.user_id, key_type=Types.STRING())
-              .process(make_scorer_function(cfg, cart, churn, score_dlq), output_type=kv_type)
+              .connect(requests
+                       .assign_timestamps_and_watermarks(
+                           WatermarkStrategy.for_monotonous_timestamps()
+                           .with_idleness(idle).with_timestamp_assigner(NeverAdvances()))
+                       .name("forget-request-watermarks").uid("forget-request-watermarks"))
+              .key_by(lambda e: e.user_id, lambda r: r.user_id, key_type=Types.STRING())
+              .process(make_scorer_function(cfg, cart, churn, score_dlq, forgotten), output_type=kv_type)
               .name("sequence-state-batched-scoring").uid("sequence-state-batched-scoring"))
-    dead_letters = events.get_side_output(decode_dlq).union(scored.get_side_output(score_dlq))
+    dead_letters = (events.get_side_output(decode_dlq)
+                    .union(requests.get_side_output(control_dlq), scored.get_side_output(score_dlq)))
 
     sinks = t_env.create_statement_set()
     sinks.add_insert("recommendation_sink", t_env.from_data_stream(scored))
     sinks.add_insert("cart_sink", t_env.from_data_stream(scored.get_side_output(cart)))
     sinks.add_insert("churn_sink", t_env.from_data_stream(scored.get_side_output(churn)))
+    sinks.add_insert("forgotten_sink", t_env.from_data_stream(scored.get_side_output(forgotten)))
     sinks.add_insert("dlq_sink", t_env.from_data_stream(dead_letters))
     sinks.attach_as_datastream()
 
 
 def _create_kafka_tables(t_env, cfg: IntentFlowConfig) -> None:
     k = cfg.kafka
-    t_env.execute_sql(f"""
-        CREATE TEMPORARY TABLE events_source (
+    for table, topic, group in (("events_source", k.events_topic, k.consumer_group),
+                                ("forget_source", k.forget_topic, f"{k.consumer_group}-forget")):
+        t_env.execute_sql(f"""
+        CREATE TEMPORARY TABLE {table} (
           `k` BYTES,
           `v` BYTES,
           `topic` STRING METADATA VIRTUAL,
@@ -79,9 +97,9 @@ def _create_kafka_tables(t_env, cfg: IntentFlowConfig) -> None:
           `ts` TIMESTAMP_LTZ(3) METADATA FROM 'timestamp' VIRTUAL
         ) WITH (
           'connector' = 'kafka',
-          'topic' = '{k.events_topic}',
+          'topic' = '{topic}',
           'properties.bootstrap.servers' = '{k.bootstrap_servers}',
-          'properties.group.id' = '{k.consumer_group}',
+          'properties.group.id' = '{group}',
           'properties.isolation.level' = 'read_committed',
           'scan.startup.mode' = '{k.startup_mode}',
           'properties.auto.offset.reset' = 'earliest',
@@ -89,7 +107,8 @@ def _create_kafka_tables(t_env, cfg: IntentFlowConfig) -> None:
           'value.format' = 'raw', 'value.fields-include' = 'EXCEPT_KEY'
         )""")
     for table, topic in (("recommendation_sink", k.recommendation_topic), ("cart_sink", k.cart_topic),
-                         ("churn_sink", k.churn_topic), ("dlq_sink", k.dlq_topic)):
+                         ("churn_sink", k.churn_topic), ("forgotten_sink", k.forgotten_topic),
+                         ("dlq_sink", k.dlq_topic)):
         t_env.execute_sql(f"""
             CREATE TEMPORARY TABLE {table} (`k` BYTES, `v` BYTES) WITH (
               'connector' = 'kafka',

@@ -31,6 +31,8 @@ RECOMMENDATION_SUBJECT = "intent.recommendation-value"
 CART_SUBJECT = "intent.cart-value"
 CHURN_SUBJECT = "intent.churn-value"
 DLQ_SUBJECT = "events.dlq-value"
+FORGET_SUBJECT = "users.forget-value"
+FORGOTTEN_SUBJECT = "users.forgotten-value"
 
 
 class DecodeError(ValueError):

@@ -102,29 +102,34 @@ def kafka_ts_ms(value) -> int:
     return int(value.toInstant().toEpochMilli())
 
 
-def make_decode_function(dlq_tag):
-    """The Flink ProcessFunction, built lazily so this module imports without PyFlink."""
+def make_decode_function(dlq_tag, subject: str = EVENTS_SUBJECT, parse=parse_event, fields=EVENT_FIELDS,
+                         counter_prefix: str = "events", dlq_prefix: str = "dlq_"):
+    """The Flink ProcessFunction, built lazily so this module imports without PyFlink.
+
+    The defaults decode user events; :mod:`udfs.control` reuses it for control requests with
+    its own parser, Row fields and counter names (so control records never count as events).
+    """
     from pyflink.common import Row
     from pyflink.datastream import ProcessFunction
 
-    event_row = Row(*EVENT_FIELDS)  # a named Row factory: downstream can read fields by name
+    out_row = Row(*fields)  # a named Row factory: downstream can read fields by name
 
-    class DecodeEvents(ProcessFunction):
-        """Raw Kafka record -> Event row; failures -> DLQ side output with a reason and a counter."""
+    class DecodeRecords(ProcessFunction):
+        """Raw Kafka record -> typed row; failures -> DLQ side output with a reason and a counter."""
 
         def open(self, runtime_context):
             store = SchemaStore()
-            self.decoder = store.decoder(EVENTS_SUBJECT)
+            self.decoder = store.decoder(subject)
             self.dead_letters = DeadLetters(store)
             self.metrics = runtime_context.get_metrics_group()
-            self.events_in = self.metrics.counter("events_in")
-            self.decoded = self.metrics.counter("events_decoded")
+            self.records_in = self.metrics.counter(f"{counter_prefix}_in")
+            self.decoded = self.metrics.counter(f"{counter_prefix}_decoded")
             self.dlq_counters = {}
 
         def process_element(self, raw, ctx):
-            self.events_in.inc()
+            self.records_in.inc()
             try:
-                event = parse_event(self.decoder.decode(raw.v), raw.partition, raw.offset)
+                parsed = parse(self.decoder.decode(raw.v), raw.partition, raw.offset)
             except DecodeError as err:
                 yield dlq_tag, self._dead_letter(raw, err.reason, err.detail)
                 return
@@ -132,12 +137,12 @@ def make_decode_function(dlq_tag):
                 yield dlq_tag, self._dead_letter(raw, "decode_error", f"{type(exc).__name__}: {exc}")
                 return
             self.decoded.inc()
-            yield event_row(*event)
+            yield out_row(*parsed)
 
         def _dead_letter(self, raw, reason: str, detail: str):
             counter = self.dlq_counters.get(reason)
             if counter is None:
-                counter = self.dlq_counters[reason] = self.metrics.counter(f"dlq_{reason}")
+                counter = self.dlq_counters[reason] = self.metrics.counter(f"{dlq_prefix}{reason}")
             counter.inc()
             try:
                 ts = kafka_ts_ms(raw.ts)
@@ -146,4 +151,4 @@ def make_decode_function(dlq_tag):
             value = self.dead_letters.encode(reason, detail, raw.topic, raw.partition, raw.offset, ts, raw.k, raw.v)
             return Row(k=raw.k, v=value)
 
-    return DecodeEvents()
+    return DecodeRecords()

@@ -23,6 +23,7 @@ from schemas import SchemaStore
 from udfs.decode import DeadLetters, Event
 from udfs.model import IntentModel
 from udfs.scoring import IntentEngine, IntentRouter
+from udfs.control import Confirmations, ForgetRequest
 from udfs.state import UserState
 
 log = logging.getLogger(__name__)
@@ -57,13 +58,16 @@ class BatchClock:
         return self.deadline
 
 
-def make_scorer_function(cfg: IntentFlowConfig, cart_tag, churn_tag, dlq_tag):
-    """The KeyedProcessFunction, built lazily so this module imports without PyFlink."""
+def make_scorer_function(cfg: IntentFlowConfig, cart_tag, churn_tag, dlq_tag, forgotten_tag):
+    """The KeyedCoProcessFunction (input 1: events, input 2: forget requests), built lazily so
+    this module imports without PyFlink."""
     from pyflink.common import Row, Types
-    from pyflink.datastream import KeyedProcessFunction
+    from pyflink.datastream import KeyedCoProcessFunction, TimeDomain
     from pyflink.datastream.state import ValueStateDescriptor
 
-    class SequenceScorer(KeyedProcessFunction):
+    ttl_ms = cfg.scoring.user_ttl_s * 1000
+
+    class SequenceScorer(KeyedCoProcessFunction):
 
         def open(self, runtime_context):
             self.state = runtime_context.get_state(ValueStateDescriptor("user_state", Types.PICKLED_BYTE_ARRAY()))
@@ -73,6 +77,7 @@ def make_scorer_function(cfg: IntentFlowConfig, cart_tag, churn_tag, dlq_tag):
             self.engine = IntentEngine(model, cfg.scoring)
             self.router = IntentRouter(cfg.scoring, store, model.version)
             self.dead_letters = DeadLetters(store)
+            self.confirmations = Confirmations(store)
             self.topic = cfg.kafka.events_topic
             self.window = model.window
             self.clock = BatchClock(cfg.scoring.min_wait_ms, cfg.scoring.max_wait_ms)
@@ -84,30 +89,34 @@ def make_scorer_function(cfg: IntentFlowConfig, cart_tag, churn_tag, dlq_tag):
             self.m_late = m.counter("events_late")
             self.m_batches = m.counter("batches")
             self.m_inference_dlq = m.counter("dlq_inference")
+            self.m_expired = m.counter("users_expired")
+            self.m_forgotten = m.counter("users_forgotten")
             self.last_batch = 0
             self.last_batch_ms = 0.0
             m.gauge("last_batch_size", lambda: self.last_batch)
             m.gauge("last_batch_ms_x1000", lambda: int(self.last_batch_ms * 1000))
             m.gauge("batch_wait_ms", lambda: self.clock.wait_ms)
-            log.info("IntentFlow scorer: model %s (%s), window %d", model.version, model.provider, model.window)
+            log.info("IntentFlow scorer: model %s (%s), window %d, user TTL %d s",
+                     model.version, model.provider, model.window, cfg.scoring.user_ttl_s)
 
-        def process_element(self, row, ctx):
+        def process_element1(self, row, ctx):
+            """An event: append it to the user's state as pending; its batch timer scores it."""
             ev = Event._make(row)
             user = ev.user_id
-            st = self.waiting.get(user)
+            st, emitted = self._current(user)
+            yield from emitted
             if st is None:
-                ready = self.ready.pop(user, None)
-                if ready is not None:   # scored in an earlier batch, its timer not yet fired: emit now
-                    st = ready[0]
-                    yield from self._emit(user, *ready)
-                else:
-                    st = UserState.from_value(self.state.value()) or UserState()
+                st = UserState()
             if st.seen(ev.event_id):
                 self.m_duplicates.inc()
                 return
-            if ev.event_time < ctx.timer_service().current_watermark():
+            timers = ctx.timer_service()
+            if ev.event_time < timers.current_watermark():
                 self.m_late.inc()     # policy: late events are scored like any other (README)
             self.engine.add(st, ev)
+            if ttl_ms and not st.expiry_at:
+                st.expiry_at = st.last_active + ttl_ms
+                timers.register_event_time_timer(st.expiry_at)
             if len(st.pending) >= self.window:
                 # A burst from one user: score it now rather than let its state grow.
                 self.waiting.pop(user, None)
@@ -115,11 +124,32 @@ def make_scorer_function(cfg: IntentFlowConfig, cart_tag, churn_tag, dlq_tag):
                 return
             self.state.update(st.to_value())
             self.waiting[user] = st
-            ctx.timer_service().register_processing_time_timer(
-                self.clock.deadline_for(ctx.timer_service().current_processing_time()))
+            timers.register_processing_time_timer(self.clock.deadline_for(timers.current_processing_time()))
+
+        def process_element2(self, row, ctx):
+            """A forget request: publish what is pending, then purge the user's state and confirm."""
+            req = ForgetRequest._make(row)
+            user = req.user_id
+            st, emitted = self._current(user)
+            yield from emitted
+            self.waiting.pop(user, None)
+            pending = 0
+            if st is not None and st.pending:
+                pending = len(st.pending)
+                yield from self._emit(user, *self._score([st], [user])[user])
+            if st is not None and st.expiry_at:
+                ctx.timer_service().delete_event_time_timer(st.expiry_at)
+            self.state.clear()
+            self.m_forgotten.inc()
+            had_state = st is not None
+            events = st.window_events() if had_state else 0
+            yield forgotten_tag, Row(k=user.encode(), v=self.confirmations.encode(req, had_state, events, pending))
 
         def on_timer(self, timestamp, ctx):
             user = ctx.get_current_key()
+            if ctx.time_domain() == TimeDomain.EVENT_TIME:
+                yield from self._expire(user, timestamp, ctx)
+                return
             if user not in self.ready and self.waiting:
                 users = list(self.waiting)
                 self.ready.update(self._score([self.waiting[u] for u in users], users))
@@ -132,6 +162,38 @@ def make_scorer_function(cfg: IntentFlowConfig, cart_tag, churn_tag, dlq_tag):
                     return
                 entry = self._score([st], [user])[user]
             yield from self._emit(user, *entry)
+
+        def _current(self, user):
+            """The user's state and any records owed from an earlier batch (emitted first, in order)."""
+            st = self.waiting.get(user)
+            if st is not None:
+                return st, ()
+            ready = self.ready.pop(user, None)
+            if ready is not None:   # scored in an earlier batch, its timer not yet fired: emit now
+                return ready[0], list(self._emit(user, *ready))
+            return UserState.from_value(self.state.value()), ()
+
+        def _expire(self, user, timestamp, ctx):
+            """Inactivity TTL: drop the state once the watermark passed last activity + TTL."""
+            if user in self.waiting or user in self.ready:
+                st = None                    # active right now: re-arm below from the live state
+                live = self.waiting.get(user) or self.ready[user][0]
+            else:
+                st = live = UserState.from_value(self.state.value())
+            if live is None or live.expiry_at != timestamp:
+                return                       # forgotten, or a timer from before a re-arm
+            if st is not None and st.expired(timestamp, ttl_ms):
+                self.state.clear()
+                self.m_expired.inc()
+                return
+            live.expiry_at = live.last_active + ttl_ms
+            if live.expiry_at <= timestamp:  # pending but inactive: look again one TTL later
+                live.expiry_at = timestamp + ttl_ms
+            ctx.timer_service().register_event_time_timer(live.expiry_at)
+            if st is not None:
+                self.state.update(st.to_value())
+            return
+            yield  # a generator, like every other callback
 
         def _score(self, states, users):
             started = time.perf_counter()

@@ -3,8 +3,9 @@
 One ValueState per user holds a tuple (see :meth:`UserState.to_value`): the model's recurrent
 state ``h``, the last N events packed at 21 bytes each, the distinct category strings of those
 events (to name top categories), running counters, the events not yet scored (``pending``) and
-short hashes of recent event ids (duplicate detection). A 50-event window with a 64-float ``h``
-is ~1.5 KB. Appending an event is a bytes concatenation; the window becomes a NumPy array only
+short hashes of recent event ids (duplicate detection), and the bookkeeping of its inactivity
+expiry (the latest event time seen and the event-time timer armed for it). A 50-event window with
+a 64-float ``h`` is ~1.5 KB. Appending an event is a bytes concatenation; the window becomes a NumPy array only
 when a batch is built.
 """
 from __future__ import annotations
@@ -15,7 +16,7 @@ from typing import NamedTuple
 
 import numpy as np
 
-STATE_VERSION = 1
+STATE_VERSION = 2   # v1 (no expiry fields) is still read: savepoints taken before v2 restore
 
 # type code, crc32(item), crc32(category), event time (ms), price (-1 = unknown)
 EVENT_RECORD = struct.Struct("<BIIqf")
@@ -46,7 +47,7 @@ class UserState:
     """Mutable in-memory view of one user's state; ``to_value``/``from_value`` is the stored form."""
 
     __slots__ = ("h", "window", "cats", "events_total", "purchases_total", "carts_total",
-                 "first_ts", "churn_label", "pending", "recent_ids")
+                 "first_ts", "churn_label", "pending", "recent_ids", "last_active", "expiry_at")
 
     def __init__(self):
         self.h: bytes = b""                # float32[hidden] after the last scored event; b"" = new user
@@ -59,21 +60,29 @@ class UserState:
         self.churn_label = 0               # 0 = never emitted, else 1 + index into the churn enum
         self.pending: list[Pending] = []
         self.recent_ids: bytes = b""       # crc32 of the last N event ids, for duplicate detection
+        self.last_active = 0               # latest event time seen (ms): inactivity is measured from it
+        self.expiry_at = 0                 # event time (ms) of the armed expiry timer; 0 = none armed
 
     # -- stored form ---------------------------------------------------------------------------
     def to_value(self) -> tuple:
         return (STATE_VERSION, self.h, self.window, self.cats, self.events_total, self.purchases_total,
-                self.carts_total, self.first_ts, self.churn_label, tuple(self.pending), self.recent_ids)
+                self.carts_total, self.first_ts, self.churn_label, tuple(self.pending), self.recent_ids,
+                self.last_active, self.expiry_at)
 
     @classmethod
     def from_value(cls, value: tuple | None) -> "UserState | None":
         if value is None:
             return None
-        if value[0] != STATE_VERSION:
+        if value[0] not in (1, STATE_VERSION):
             raise ValueError(f"unsupported user-state version {value[0]}")
         st = cls.__new__(cls)
         (_, st.h, st.window, st.cats, st.events_total, st.purchases_total, st.carts_total,
-         st.first_ts, st.churn_label, pending, st.recent_ids) = value
+         st.first_ts, st.churn_label, pending, st.recent_ids) = value[:11]
+        if value[0] == 1:   # written before expiry existed: active as of its newest event, no timer yet
+            st.last_active = int(st.window_array()["ts"].max()) if st.window else st.first_ts
+            st.expiry_at = 0
+        else:
+            st.last_active, st.expiry_at = value[11], value[12]
         st.pending = [Pending(*p) for p in pending]
         return st
 
@@ -102,6 +111,8 @@ class UserState:
             self.carts_total += 1
         if not self.first_ts:
             self.first_ts = event_time
+        if event_time > self.last_active:
+            self.last_active = event_time
         self.recent_ids = (self.recent_ids + ID_HASH.pack(crc(event_id)))[-4 * window:]
         self.pending.append(Pending(event_id, event_time, item_id, type_code, self.purchases_total,
                                     self.carts_total, self.events_total, partition, offset))
@@ -116,6 +127,13 @@ class UserState:
         if len(self.cats) > window:
             in_window = set(self.window_array()["cat"].tolist())
             self.cats = tuple(c for c in self.cats if crc(c) in in_window)
+
+    def expired(self, now: int, ttl_ms: int) -> bool:
+        """True when nothing happened for ``ttl_ms`` of event time and no event waits to be scored."""
+        return not self.pending and self.last_active + ttl_ms <= now
+
+    def window_events(self) -> int:
+        return len(self.window) // EVENT_RECORD.size
 
     def window_array(self) -> np.ndarray:
         return np.frombuffer(self.window, dtype=WINDOW_DTYPE)

@@ -32,6 +32,7 @@ def _isolated_config(tag: str, *extra: str):
     return load_config(overrides=[
         f"kafka.events_topic={run}.events", f"kafka.recommendation_topic={run}.recommendation",
         f"kafka.cart_topic={run}.cart", f"kafka.churn_topic={run}.churn", f"kafka.dlq_topic={run}.dlq",
+        f"kafka.forget_topic={run}.forget", f"kafka.forgotten_topic={run}.forgotten",
         f"kafka.consumer_group={run}", f"kafka.transactional_id_prefix={run}", f"flink.job_name={run}",
         "kafka.startup_mode=earliest-offset", *extra,
     ])

@@ -49,3 +49,31 @@ def test_stored_form_round_trips_and_is_small():
     # 50 events * 21 B + h (64 floats) + ids + category names: well under the 2 KB budget
     assert len(st.window) == N * EVENT_RECORD.size
     assert st.stored_size() < 2048, st.stored_size()
+
+
+def test_last_active_is_the_latest_event_time_even_when_events_arrive_late():
+    st = UserState()
+    st.append("a", 1, "i", "c", 1_000_000_005_000, None, N)
+    st.append("b", 1, "i", "c", 1_000_000_001_000, None, N)   # late: event time goes back
+    assert st.last_active == 1_000_000_005_000
+
+
+def test_expired_only_after_ttl_of_inactivity_and_never_with_pending_events():
+    st = UserState()
+    st.append("a", 1, "i", "c", 1_000_000_000_000, None, N)
+    ttl = 3_600_000
+    assert not st.expired(1_000_000_000_000 + 2 * ttl, ttl)       # still pending: must be scored first
+    st.settle(b"\x00" * 128, N)
+    assert not st.expired(1_000_000_000_000 + ttl - 1, ttl)
+    assert st.expired(1_000_000_000_000 + ttl, ttl)
+
+
+def test_version_1_state_from_an_older_savepoint_is_read():
+    st = UserState()
+    fill(st, 60)
+    st.settle(b"\x02" * 128, N)
+    v1 = (1,) + st.to_value()[1:11]          # the stored form before expiry fields existed
+    back = UserState.from_value(v1)
+    assert back.window == st.window and back.h == st.h and back.recent_ids == st.recent_ids
+    assert back.last_active == 1_511_544_070_000 + 59 * 1000    # newest event in the window
+    assert back.expiry_at == 0                                   # armed by the next event
