@@ -189,12 +189,41 @@ def _demo(args: argparse.Namespace, cfg: IntentFlowConfig) -> int:
     return 0
 
 
+# --- forget ------------------------------------------------------------------------------------
+
+def _forget_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("user_id", nargs="+", help="user id(s) whose state the job must purge")
+    p.add_argument("--no-wait", action="store_true", help="return once requested, without waiting for the confirmation")
+    p.add_argument("--timeout", type=float, default=120, help="seconds to wait for the confirmations")
+
+
+def _forget(args: argparse.Namespace, cfg: IntentFlowConfig) -> int:
+    from jobs.forget import await_confirmations, request_forget
+
+    ids = {request_forget(cfg, user): user for user in args.user_id}
+    print(f"requested: {', '.join(f'{u} ({r})' for r, u in ids.items())} on {cfg.kafka.forget_topic}")
+    if args.no_wait:
+        return 0
+    try:
+        confirmed = await_confirmations(cfg, set(ids), args.timeout)
+    except TimeoutError as exc:
+        print(f"intentflow forget: {exc} (is the job running?)", file=sys.stderr)
+        return 1
+    for rec in confirmed.values():
+        held = (f"purged {rec['events_forgotten']} events" + (f", scored {rec['pending_scored']} pending first"
+                if rec["pending_scored"] else "")) if rec["had_state"] else "no state held"
+        print(f"forgotten: user {rec['user_id']} ({held})")
+    return 0
+
+
 COMMANDS: tuple[Command, ...] = (
     Command("replay", "produce a dataset to the events topic in event-time order", _replay_arguments, _replay),
     Command("consume", "run a reference consumer, or summarize the output topics", _consume_arguments, _consume),
     Command("run", "submit the intent job to the local Flink cluster", _run_arguments, _run),
     Command("stop", "cancel the running job, or stop it with a savepoint", _stop_arguments, _stop),
     Command("demo", "end to end on real data: job up, replay, wait, summarize", _demo_arguments, _demo),
+    Command("forget", "ask the running job to purge users' state (privacy request) and wait for the confirmation",
+            _forget_arguments, _forget),
     Command("score", "score a dataset file offline through the job's scoring path (JSON lines out)",
             _score_arguments, _score),
 )

@@ -119,6 +119,35 @@ def consume(conf: dict, topic: str, subject: str, act: Callable[[dict], str | No
     return counts
 
 
+def read_topic(cfg: IntentFlowConfig, topic: str, subject: str, timeout_s: float = 30.0) -> list[dict]:
+    """Every committed record of ``topic`` (read_committed, beginning to the end offsets), decoded,
+    with the record key under ``_key``. For checks and tests that need a topic's whole content."""
+    from confluent_kafka import TopicPartition
+
+    c = Consumer({"bootstrap.servers": cfg.kafka.bootstrap_servers, "group.id": f"{topic}-reader",
+                  "isolation.level": "read_committed", "enable.auto.commit": False})
+    try:
+        meta = c.list_topics(topic, timeout=timeout_s).topics[topic]
+        parts = [TopicPartition(topic, p, 0) for p in meta.partitions]
+        ends = {p.partition: c.get_watermark_offsets(p, timeout=timeout_s)[1] for p in parts}
+        c.assign(parts)
+        decode = SchemaStore().decoder(subject).decode
+        out, done = [], {p for p, end in ends.items() if end == 0}
+        deadline = time.monotonic() + timeout_s
+        while len(done) < len(ends) and time.monotonic() < deadline:
+            for m in c.consume(500, timeout=1.0):
+                if m.error():
+                    continue
+                out.append(decode(m.value()) | {"_key": m.key()})
+                if m.offset() + 1 >= ends[m.partition()]:
+                    done.add(m.partition())
+            positions = c.position([TopicPartition(topic, p) for p in ends])
+            done |= {tp.partition for tp in positions if tp.offset >= ends[tp.partition]}
+        return out
+    finally:
+        c.close()
+
+
 def cart_consumer(cfg: IntentFlowConfig, **kwargs) -> Counter:
     """Coupons for carts at risk of abandonment."""
     return consume(consumer_config(cfg, "intentflow-cart-coupons"), cfg.kafka.cart_topic, CART_SUBJECT,

@@ -35,6 +35,8 @@ class JobCounters:
     dead_lettered: int = 0
     scored: int = 0
     duplicates: int = 0
+    expired: int = 0       # users whose state the inactivity TTL dropped
+    forgotten: int = 0     # forget requests carried out
     dlq_by_reason: dict[str, int] = field(default_factory=dict)
 
     @property
@@ -68,7 +70,7 @@ def create_topics(cfg: IntentFlowConfig, partitions: int = 4) -> None:
 
 
 _COUNTER_FIELDS = {"events_in": "events_in", "events_decoded": "decoded", "events_scored": "scored",
-                   "skipped_duplicate": "duplicates"}
+                   "skipped_duplicate": "duplicates", "users_expired": "expired", "users_forgotten": "forgotten"}
 
 
 def job_counters(rest: FlinkRest, job_id: str) -> JobCounters:

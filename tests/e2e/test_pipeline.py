@@ -11,10 +11,10 @@ import time
 from collections import Counter, defaultdict
 
 import pytest
-from confluent_kafka import Consumer, TopicPartition
 from confluent_kafka.admin import AdminClient
 
 from jobs.config import ScoringConfig
+from jobs.consumers import read_topic
 from jobs.datasets import read_events, resolve_dataset, time_ordered
 from jobs.demo import all_topics, create_topics, wait_accounted
 from jobs.flink import submit
@@ -44,26 +44,7 @@ MALFORMED = [         # (expected reason, key, value)
 
 
 def read_all(cfg, topic: str, subject: str, store: SchemaStore) -> list[dict]:
-    """Everything committed on a topic (read_committed, from the beginning to the end offsets)."""
-    c = Consumer({"bootstrap.servers": cfg.kafka.bootstrap_servers, "group.id": f"{topic}-reader",
-                  "isolation.level": "read_committed", "enable.auto.commit": False})
-    meta = c.list_topics(topic, timeout=30).topics[topic]
-    parts = [TopicPartition(topic, p, 0) for p in meta.partitions]
-    ends = {p.partition: c.get_watermark_offsets(p, timeout=30)[1] for p in parts}
-    c.assign(parts)
-    dec = store.decoder(subject)
-    out, done = [], {p for p, end in ends.items() if end == 0}
-    while len(done) < len(ends):
-        for m in c.consume(500, timeout=2.0):
-            if m.error():
-                continue
-            out.append(dec.decode(m.value()) | {"_key": m.key()})
-            if m.offset() + 1 >= ends[m.partition()]:
-                done.add(m.partition())
-        positions = c.position([TopicPartition(topic, p) for p in ends])
-        done |= {tp.partition for tp in positions if tp.offset >= ends[tp.partition]}
-    c.close()
-    return out
+    return read_topic(cfg, topic, subject)
 
 
 @pytest.fixture(scope="module")
