@@ -64,7 +64,7 @@ class IntentEngine:
         untouched (the caller dead-letters their pending events).
         """
         n = len(states)
-        h = np.stack([np.frombuffer(st.h, dtype=np.float32) if st.h else self._zeros_h for st in states])
+        h = np.stack([self._h(st) for st in states])
         arrays = [st.window_array() for st in states]
         results: list[list[Scored]] = [[] for _ in range(n)]
         names: list[dict[int, str] | None] = [None] * n   # crc -> category id, built once per state
@@ -87,6 +87,13 @@ class IntentEngine:
             if st.pending:
                 st.settle(h[i].tobytes(), self.window)
         return results
+
+    def _h(self, st: UserState) -> np.ndarray:
+        """The user's recurrent state; empty (new user) or from a model with another hidden size
+        (state restored across a model upgrade) starts from zeros, keeping the event window."""
+        if len(st.h) == 4 * self.hidden:
+            return np.frombuffer(st.h, dtype=np.float32)
+        return self._zeros_h
 
     def _feeds(self, states, arrays, rows, r, h):
         N, R = self.window, len(rows)
@@ -149,6 +156,49 @@ class IntentEngine:
                 if len(picked) == self.top_k:
                     break
         return tuple(picked)
+
+
+Outcome = tuple[UserState, "list[Scored] | Exception"]
+
+
+def score_users(engine: IntentEngine, states: Sequence[UserState], users: Sequence[str],
+                on_error=None) -> dict[str, Outcome]:
+    """Score a batch; if the batch call fails, retry each user alone so one user's bad input
+    costs only that user's events (dead-lettered by :func:`publish`), not the whole batch."""
+    try:
+        return {u: (st, r) for u, st, r in zip(users, states, engine.score(states))}
+    except Exception as exc:
+        if on_error:
+            on_error(exc, len(states))
+        if len(states) == 1:
+            return {users[0]: (states[0], exc)}
+    return {u: score_users(engine, [st], [u], on_error)[u] for u, st in zip(users, states)}
+
+
+def publish(user: str, outcome: Outcome, router: "IntentRouter", dead_letters, source_topic: str,
+            window: int, now_ms: int | None = None):
+    """The output records of one user's outcome, as ``(topic_kind, key, value)``.
+
+    ``topic_kind`` is recommendation | cart | churn | dlq. A failed outcome dead-letters each
+    pending event with reason ``inference`` and settles the state, so nothing stays pending.
+    """
+    st, results = outcome
+    key = user.encode()
+    if isinstance(results, Exception):
+        detail = f"{type(results).__name__}: {results}"
+        for p in st.pending:
+            yield "dlq", key, dead_letters.encode("inference", f"event_id={p.event_id}: {detail}", source_topic,
+                                                  p.partition, p.offset, p.event_time, key, None)
+        st.settle(st.h, window)
+        return
+    now_ms = int(time.time() * 1000) if now_ms is None else now_ms
+    for scored in results:
+        routed = router.route(user, st, scored, now_ms)
+        yield "recommendation", key, routed.recommendation
+        if routed.cart is not None:
+            yield "cart", key, routed.cart
+        if routed.churn is not None:
+            yield "churn", key, routed.churn
 
 
 @dataclass(frozen=True)

@@ -22,7 +22,7 @@ from jobs.config import IntentFlowConfig
 from schemas import SchemaStore
 from udfs.decode import DeadLetters, Event
 from udfs.model import IntentModel
-from udfs.scoring import IntentEngine, IntentRouter
+from udfs.scoring import IntentEngine, IntentRouter, publish, score_users
 from udfs.control import Confirmations, ForgetRequest
 from udfs.state import UserState
 
@@ -66,6 +66,7 @@ def make_scorer_function(cfg: IntentFlowConfig, cart_tag, churn_tag, dlq_tag, fo
     from pyflink.datastream.state import ValueStateDescriptor
 
     ttl_ms = cfg.scoring.user_ttl_s * 1000
+    tags = {"cart": cart_tag, "churn": churn_tag, "dlq": dlq_tag}
 
     class SequenceScorer(KeyedCoProcessFunction):
 
@@ -197,37 +198,29 @@ def make_scorer_function(cfg: IntentFlowConfig, cart_tag, churn_tag, dlq_tag, fo
 
         def _score(self, states, users):
             started = time.perf_counter()
-            try:
-                results = self.engine.score(states)
-            except Exception as exc:  # one bad batch must not kill the job: dead-letter its events
-                log.exception("inference failed for a batch of %d users", len(states))
-                return {u: (st, exc) for u, st in zip(users, states)}
+            outcome = score_users(self.engine, states, users, self._inference_failed)
             self.last_batch_ms = (time.perf_counter() - started) * 1000
-            self.last_batch = sum(len(r) for r in results)
+            self.last_batch = sum(len(st.pending) for st in states)
             self.m_batches.inc()
-            return {u: (st, r) for u, st, r in zip(users, states, results)}
+            return outcome
+
+        @staticmethod
+        def _inference_failed(exc, size):
+            log.error("inference failed for a batch of %d users (%s: %s)%s", size, type(exc).__name__, exc,
+                      "; retrying each user alone" if size > 1 else "")
 
         def _emit(self, user, st, results):
-            """Yield the records of a scored user (or dead letters if its batch failed); persist its state."""
-            if isinstance(results, Exception):
-                detail = f"{type(results).__name__}: {results}"
-                for p in st.pending:
-                    self.m_inference_dlq.inc()
-                    yield dlq_tag, Row(k=user.encode(), v=self.dead_letters.encode(
-                        "inference", f"event_id={p.event_id}: {detail}", self.topic, p.partition, p.offset,
-                        p.event_time, user.encode(), None))
-                st.settle(st.h, self.window)
-                self.state.update(st.to_value())
-                return
-            now_ms = int(time.time() * 1000)
-            for scored in results:
-                routed = self.router.route(user, st, scored, now_ms)
-                yield Row(k=routed.key, v=routed.recommendation)
-                if routed.cart is not None:
-                    yield cart_tag, Row(k=routed.key, v=routed.cart)
-                if routed.churn is not None:
-                    yield churn_tag, Row(k=routed.key, v=routed.churn)
-            self.m_scored.inc(len(results))
+            """Yield the records of a scored user (dead letters if its scoring failed); persist its state."""
+            for kind, key, value in publish(user, (st, results), self.router, self.dead_letters, self.topic,
+                                            self.window):
+                if kind == "recommendation":
+                    yield Row(k=key, v=value)
+                else:
+                    if kind == "dlq":
+                        self.m_inference_dlq.inc()
+                    yield tags[kind], Row(k=key, v=value)
+            if not isinstance(results, Exception):
+                self.m_scored.inc(len(results))
             self.state.update(st.to_value())
 
     return SequenceScorer()

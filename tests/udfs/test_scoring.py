@@ -104,3 +104,66 @@ def test_routing_rules(model, store, users):
     assert len(users) <= churn_records <= recs          # one per user at least, then only on flips
     rec = store.decoder("intent.recommendation-value").decode(routed.recommendation)
     assert set(rec["next_action"]) == set(EVENT_TYPES) and rec["model_version"] == model.version
+
+
+class FailsForUser:
+    """Fault injection around the real model: any call whose batch holds ``marker`` as an
+    events_total (user_stats[0]) raises, like an ONNX Runtime/provider error would."""
+
+    def __init__(self, model, marker_events_total):
+        self.model, self.marker = model, marker_events_total
+        self.window, self.hidden, self.calls = model.window, model.hidden, 0
+
+    def run(self, feeds):
+        self.calls += 1
+        if (feeds["user_stats"][:, 0] == self.marker).any():
+            raise RuntimeError("injected ONNX Runtime failure")
+        return self.model.run(feeds)
+
+
+def test_a_failing_user_is_dead_lettered_and_the_rest_of_its_batch_is_scored(model, store, users):
+    from udfs.decode import DeadLetters
+    from udfs.scoring import publish, score_users
+    from schemas import DLQ_SUBJECT
+
+    cfg = ScoringConfig()
+    ids = list(users)
+    states = [UserState() for _ in ids]
+    for st, uid in zip(states, ids):
+        for ev in users[uid][:3]:
+            st.append(ev.event_id, ev.type_code, ev.item_id, ev.category_id, ev.event_time, ev.price, 50, 0, 7)
+    # The poison: one user whose user_stats[0] (events before its window) is 10,002 in every round;
+    # everyone else's is 0.
+    poison = ids[2]
+    states[2].pending = [p._replace(events_total=10_003 + i) for i, p in enumerate(states[2].pending)]
+    failing = FailsForUser(model, marker_events_total=10_002)
+    engine = IntentEngine(failing, cfg)
+    outcome = score_users(engine, states, ids)
+    assert isinstance(outcome[poison][1], RuntimeError)
+    assert all(len(outcome[u][1]) == 3 for u in ids if u != poison)      # the others: scored normally
+    reference = IntentEngine(model, cfg)
+    clean = [UserState() for _ in ids]
+    for st, uid in zip(clean, ids):
+        for ev in users[uid][:3]:
+            reference.add(st, ev)
+    expected = reference.score([clean[0]])[0]
+    assert np.allclose(flatten(outcome[ids[0]][1]), flatten(expected), atol=1e-6)
+
+    router, dead = IntentRouter(cfg, store, model.version), DeadLetters(store)
+    records = list(publish(poison, outcome[poison], router, dead, "events", 50))
+    assert [kind for kind, _, _ in records] == ["dlq"] * 3
+    letter = store.decoder(DLQ_SUBJECT).decode(records[0][2])
+    assert letter["reason"] == "inference" and "injected ONNX Runtime failure" in letter["detail"]
+    assert (letter["source_topic"], letter["source_offset"]) == ("events", 7)
+    assert states[2].pending == []                  # settled: never retried forever
+
+
+def test_state_from_a_model_with_another_hidden_size_restarts_its_recurrent_part(model, users):
+    engine = IntentEngine(model, ScoringConfig())
+    uid = next(iter(users))
+    fresh, restored = UserState(), UserState()
+    restored.h = b"\x01" * 4 * (model.hidden * 2)      # written by a wider model before an upgrade
+    for st in (fresh, restored):
+        engine.add(st, users[uid][0])
+    a, b = engine.score([fresh])[0], engine.score([restored])[0]
+    assert np.allclose(flatten(a), flatten(b), atol=1e-6)
