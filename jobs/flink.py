@@ -62,6 +62,16 @@ class FlinkRest:
         got = self._call(f"/jobs/{job_id}/vertices/{vertex_id}/subtasks/metrics?get={','.join(names)}&agg=sum")
         return {m["id"]: m.get("sum", 0.0) for m in got}
 
+    def operator_watermark(self, job_id: str, vertex_id: str, operator: str) -> tuple[float, float]:
+        """(min, max) over subtasks of an operator's ``currentOutputWatermark``: its event-time clock.
+
+        Not the web UI's Watermarks tab: that shows the task's minimum *input* watermark, which for
+        the two-input scorer includes the control input even while that input is idle.
+        """
+        got = self._call(f"/jobs/{job_id}/vertices/{vertex_id}/subtasks/metrics"
+                         f"?get={operator}.currentOutputWatermark&agg=min,max")
+        return (got[0]["min"], got[0]["max"]) if got else (float("-inf"), float("-inf"))
+
     def metric_names(self, job_id: str, vertex_id: str) -> list[str]:
         return [m["id"] for m in self._call(f"/jobs/{job_id}/vertices/{vertex_id}/subtasks/metrics")]
 

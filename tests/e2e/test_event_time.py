@@ -1,0 +1,65 @@
+"""End to end: partitions that carry no data do not hold the event-time watermark back.
+
+The job runs with parallelism 2 on a 4-partition topic; the Kafka source gives partitions 0 and 2
+to one reader and 1 and 3 to the other. Real events go to partitions 0 and 2 only, so one reader
+(and its watermark assigner) never sees a record. With ``with_idleness`` that input is marked idle
+and the scorer's event-time clock (its output watermark, in both subtasks) follows the active one
+exactly: max event time − out-of-orderness − 1 ms.
+"""
+from __future__ import annotations
+
+import time
+import zlib
+
+import pytest
+from confluent_kafka import Producer
+from confluent_kafka.admin import AdminClient
+
+from jobs.datasets import read_events, resolve_dataset, time_ordered
+from jobs.demo import SCORER_VERTEX, all_topics, create_topics, wait_accounted
+from jobs.flink import job_vertex, submit
+from schemas import EVENTS_SUBJECT, SchemaStore
+
+pytestmark = pytest.mark.e2e
+EVENTS = 800
+OUT_OF_ORDERNESS_MS = 5000
+
+
+def produce_to(cfg, events, partitions) -> int:
+    """Keyed like the replay (a user always lands on the same partition), but only on ``partitions``."""
+    encode = SchemaStore().encoder(EVENTS_SUBJECT).encode
+    producer = Producer({"bootstrap.servers": cfg.kafka.bootstrap_servers, "acks": "all", "enable.idempotence": True})
+    delivered = []
+    for e in events:
+        part = partitions[zlib.crc32(e["user_id"].encode()) % len(partitions)]
+        producer.produce(cfg.kafka.events_topic, encode(e), e["user_id"].encode(), partition=part,
+                         on_delivery=lambda err, _m: delivered.append(err is None))
+        producer.poll(0)
+    producer.flush(60)
+    return sum(delivered)
+
+
+def test_idle_partitions_do_not_stall_the_watermark(stack, isolated_config):
+    cfg = isolated_config("idle", "flink.parallelism=2", "flink.idle_source_timeout_ms=2000",
+                          f"flink.max_out_of_orderness_ms={OUT_OF_ORDERNESS_MS}")
+    create_topics(cfg, partitions=4)
+    events = time_ordered(read_events(*resolve_dataset("taobao-sample")))[:EVENTS]
+    job_id = submit(cfg)
+    try:
+        assert produce_to(cfg, events, [0, 2]) == EVENTS
+        counters = wait_accounted(stack, job_id, EVENTS, timeout_s=240)
+        assert counters.scored == EVENTS
+        expected = max(e["event_time"] for e in events) - OUT_OF_ORDERNESS_MS - 1
+        vid = job_vertex(stack, job_id, SCORER_VERTEX)
+        deadline, seen = time.time() + 90, ()
+        while time.time() < deadline:
+            seen = stack.operator_watermark(job_id, vid, SCORER_VERTEX)   # (min, max) over the 2 subtasks
+            if seen == (expected, expected):
+                break
+            time.sleep(2)
+        print(f"\n[idle] scorer event-time clock (min, max over subtasks) {seen}, expected {expected} "
+              f"(max event time - {OUT_OF_ORDERNESS_MS} ms - 1)")
+        assert seen == (expected, expected)
+    finally:
+        stack.cancel(job_id)
+        AdminClient({"bootstrap.servers": cfg.kafka.bootstrap_servers}).delete_topics(all_topics(cfg))
