@@ -124,8 +124,12 @@ def make_scorer_function(cfg: IntentFlowConfig, cart_tag, churn_tag, dlq_tag, fo
                 yield from self._emit(user, *self._score([st], [user])[user])
                 return
             self.state.update(st.to_value())
-            self.waiting[user] = st
-            timers.register_processing_time_timer(self.clock.deadline_for(timers.current_processing_time()))
+            if user not in self.waiting:
+                # One timer per user and batch: a user already waiting has a timer that has not fired
+                # (any firing timer scores every waiting user). Python's clock is Flink's processing
+                # time (both wall-clock ms) and saves a JNI call per event.
+                self.waiting[user] = st
+                timers.register_processing_time_timer(self.clock.deadline_for(int(time.time() * 1000)))
 
         def process_element2(self, row, ctx):
             """A forget request: publish what is pending, then purge the user's state and confirm."""
