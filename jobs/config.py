@@ -31,10 +31,19 @@ class KafkaConfig:
     consumer_group: str = "intentflow-job"
     # Where a job without a savepoint starts reading: earliest | latest | group-offsets.
     startup_mode: str = "group-offsets"
+    # exactly-once: outputs become readable (read_committed) when the checkpoint that covers them
+    # completes, so latency >= checkpoint interval. at-least-once: readable at once; after a failure
+    # records since the last checkpoint are written again (consumers dedupe by event_id).
+    delivery_guarantee: str = "exactly-once"
     # Flink's transactional sinks: must stay below the broker's transaction.max.timeout.ms (900000).
     transaction_timeout_ms: int = 600_000
     # Unique per deployment; each sink appends its own suffix.
     transactional_id_prefix: str = "intentflow"
+
+    def __post_init__(self):
+        if self.delivery_guarantee not in ("exactly-once", "at-least-once"):
+            raise ValueError(f"kafka.delivery_guarantee must be exactly-once or at-least-once, "
+                             f"not {self.delivery_guarantee!r}")
 
 
 @dataclass(frozen=True)

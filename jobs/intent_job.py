@@ -116,7 +116,7 @@ def _create_kafka_tables(t_env, cfg: IntentFlowConfig) -> None:
               'properties.bootstrap.servers' = '{k.bootstrap_servers}',
               'key.format' = 'raw', 'key.fields' = 'k',
               'value.format' = 'raw', 'value.fields-include' = 'EXCEPT_KEY',
-              'sink.delivery-guarantee' = 'exactly-once',
+              'sink.delivery-guarantee' = '{k.delivery_guarantee}',
               'sink.transactional-id-prefix' = '{k.transactional_id_prefix}-{table}',
               'properties.transaction.timeout.ms' = '{k.transaction_timeout_ms}'
             )""")

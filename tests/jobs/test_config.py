@@ -31,3 +31,12 @@ def test_unknown_keys_fail():
 def test_config_is_frozen():
     with pytest.raises(Exception):
         IntentFlowConfig().kafka.events_topic = "x"
+
+
+def test_delivery_guarantee_is_checked_when_the_config_loads():
+    import pytest
+    from jobs.config import load_config
+    assert load_config(overrides=["kafka.delivery_guarantee=at-least-once"], environ={}).kafka.delivery_guarantee \
+        == "at-least-once"
+    with pytest.raises(ValueError, match="delivery_guarantee"):
+        load_config(overrides=["kafka.delivery_guarantee=exactly_once"], environ={})
