@@ -31,7 +31,7 @@ from confluent_kafka.admin import AdminClient, OffsetSpec
 from jobs.datasets import read_events, resolve_dataset, time_ordered
 from jobs.demo import all_topics, create_topics
 from jobs.flink import submit
-from jobs.replay import replay
+from jobs.replay import producer_config, replay
 from schemas import CART_SUBJECT, CHURN_SUBJECT, DLQ_SUBJECT, RECOMMENDATION_SUBJECT, SchemaStore
 from udfs.decode import parse_event
 from udfs.scoring import IntentEngine, IntentRouter
@@ -202,7 +202,9 @@ class BackgroundReplay(threading.Thread):
 
     def run(self) -> None:
         try:
-            self.summary = replay(self.cfg, self.events, rate=self.rate, progress=False)
+            # librdkafka logs every refused reconnect while the broker is down; errors still count.
+            conf = producer_config(self.cfg, log_level=2)
+            self.summary = replay(self.cfg, self.events, rate=self.rate, progress=False, producer_conf=conf)
         except BaseException as exc:  # surfaced by finish()
             self.error = exc
 
@@ -261,12 +263,14 @@ def wait_all_committed(cfg, store, expected: dict[str, list[dict]], timeout_s: f
 def job_observations(rest, job_id: str) -> dict:
     cps = rest.checkpoints(job_id)
     restored = (cps.get("latest") or {}).get("restored") or {}
+    longest = ((cps.get("summary") or {}).get("end_to_end_duration") or {}).get("max")
     history = rest.exception_history(job_id)
     return {
         "state": rest.job(job_id)["state"],
         "numRestarts": int(rest.job_metrics(job_id, ["numRestarts"]).get("numRestarts", -1)),
         "checkpoints_completed": cps["counts"]["completed"],
         "checkpoints_failed": cps["counts"]["failed"],
+        "longest_checkpoint_ms": longest,
         "restored_checkpoint_id": restored.get("id"),
         "restored_is_savepoint": restored.get("is_savepoint"),
         "restored_path": restored.get("external_path"),
@@ -277,7 +281,8 @@ def job_observations(rest, job_id: str) -> dict:
 
 def print_observations(title: str, obs: dict) -> None:
     print(f"[{title}] job {obs['state']}: restarts (numRestarts) {obs['numRestarts']}, "
-          f"checkpoints completed {obs['checkpoints_completed']} / failed {obs['checkpoints_failed']}, "
+          f"checkpoints completed {obs['checkpoints_completed']} / failed {obs['checkpoints_failed']} "
+          f"(longest {obs['longest_checkpoint_ms']} ms), "
           f"restored checkpoint id {obs['restored_checkpoint_id']} (savepoint: {obs['restored_is_savepoint']}, "
           f"{obs['restored_path']})")
     for f in obs["failures"]:
