@@ -29,7 +29,7 @@ from confluent_kafka import Consumer, IsolationLevel, TopicPartition
 from confluent_kafka.admin import AdminClient, OffsetSpec
 
 from jobs.datasets import read_events, resolve_dataset, time_ordered
-from jobs.demo import all_topics, create_topics
+from jobs.demo import all_topics, create_topics, job_counters
 from jobs.flink import submit
 from jobs.replay import producer_config, replay
 from schemas import CART_SUBJECT, CHURN_SUBJECT, DLQ_SUBJECT, RECOMMENDATION_SUBJECT, SchemaStore
@@ -390,6 +390,9 @@ def test_drill_taskmanager_killed_mid_replay(stack, stack_ctl, drill_job, taobao
     if obs["failures"]:
         print(f"[drill 1] the JobManager recorded the TaskManager loss {obs['failures'][0][0] / 1000 - t_kill:.1f}s "
               f"after the kill")
+    c = job_counters(stack, job_id)   # operator metrics are not checkpointed: they count this attempt only
+    print(f"[drill 1] job metrics after the restart: events_in {c.events_in}, scored {c.scored} "
+          f"(this attempt only; {EVENTS} events in all)")
     report = compare(got, expected)
     print_report("drill 1", report)
     print(f"[drill 1] recovery: kill -> all records committed {t_done - t_kill:.1f}s; whole drill {t_done - t0:.1f}s")
