@@ -12,6 +12,15 @@
 #   deploy/stack.sh env            print `export …` lines: eval "$(deploy/stack.sh env)"
 #   deploy/stack.sh logs [N]       print the log folder and tail the latest Kafka + Flink logs
 #
+# Failure drills (tests/e2e/test_drills.py); each touches only this checkout's processes:
+#   deploy/stack.sh kill-taskmanager     SIGKILL this checkout's TaskManager(s), as a crash would
+#   deploy/stack.sh restart-taskmanager  SIGKILL any live TaskManager, start a fresh one, wait until
+#                                        the JobManager lists it (the standalone cluster never
+#                                        restarts a lost TaskManager by itself)
+#   deploy/stack.sh stop-kafka | start-kafka | restart-kafka [DOWN_S]
+#                                        stop (SIGTERM, controlled shutdown) / start the broker on the
+#                                        same data dir; restart-kafka stays down DOWN_S seconds [0]
+#
 # Environment overrides (defaults in brackets):
 #   INTENTFLOW_CACHE [~/.cache/intentflow]   download cache (m2 repo + jars), shared across clones
 #   INTENTFLOW_VENV [<repo>/.venv]           INTENTFLOW_PYTHON_BIN [python3.11]  (used by setup)
@@ -582,6 +591,80 @@ stop_flink() {
 }
 
 # ---------------------------------------------------------------------------------------------
+# Drills: crash a TaskManager, bounce the broker
+# ---------------------------------------------------------------------------------------------
+kill_taskmanagers() {  # SIGKILL every live TaskManager of this checkout (pid file + strays); prints the pids
+    local p pids=""
+    for p in $(tm_pids) $(stray_java_pids); do
+        tr '\0' ' ' <"/proc/$p/cmdline" 2>/dev/null \
+            | grep -qF ' org.apache.flink.runtime.taskexecutor.TaskManagerRunner ' && pids+="$p "
+    done
+    pids="$(tr ' ' '\n' <<<"$pids" | sort -u | tr '\n' ' ')"
+    if [[ -z "${pids// /}" ]]; then
+        say "flink: no taskmanager of this checkout is running"
+        return 0
+    fi
+    say "flink: SIGKILL taskmanager pid(s) $pids"
+    kill -KILL $pids 2>/dev/null || true
+    local t0=$SECONDS
+    for p in $pids; do
+        while ours "$p"; do
+            (( SECONDS - t0 >= 10 )) && die "taskmanager pid $p survived SIGKILL for 10s"
+            sleep 0.1
+        done
+    done
+    wait_reaped $pids
+}
+
+cmd_kill_taskmanager() {
+    lock
+    kill_taskmanagers
+}
+
+cmd_restart_taskmanager() {
+    check_paths
+    need_venv
+    lock
+    [[ -n "$(jm_pids)" ]] || die "no jobmanager of this checkout is running (deploy/stack.sh up)"
+    kill_taskmanagers
+    local t0=$SECONDS
+    start_flink
+    wait_flink
+    say "flink: taskmanager pid $(tm_pids | tail -n 1) registered ($(( SECONDS - t0 ))s)"
+}
+
+cmd_stop_kafka() {
+    lock
+    stop_kafka
+}
+
+cmd_start_kafka() {
+    check_paths
+    need_venv
+    need_cmd java "Java 17 is needed"
+    lock
+    local t0=$SECONDS
+    start_kafka
+    wait_kafka
+    say "kafka: up again ($(( SECONDS - t0 ))s)"
+}
+
+cmd_restart_kafka() {
+    local down_s="${1:-0}"
+    [[ "$down_s" =~ ^[0-9]+$ ]] || die "restart-kafka: DOWN_S must be whole seconds, got '$down_s'"
+    check_paths
+    need_venv
+    lock
+    [[ -f "$KAFKA_DATA/meta.properties" ]] || die "kafka was never started here (no $KAFKA_DATA)"
+    stop_kafka
+    (( down_s > 0 )) && { say "kafka: staying down ${down_s}s"; sleep "$down_s"; }
+    local t0=$SECONDS
+    start_kafka
+    wait_kafka
+    say "kafka: up again ($(( SECONDS - t0 ))s)"
+}
+
+# ---------------------------------------------------------------------------------------------
 # Commands
 # ---------------------------------------------------------------------------------------------
 cmd_up() {
@@ -714,6 +797,11 @@ main() {
         clean)  cmd_clean "$@" ;;
         env)    cmd_env "$@" ;;
         logs)   cmd_logs "$@" ;;
+        kill-taskmanager)    cmd_kill_taskmanager "$@" ;;
+        restart-taskmanager) cmd_restart_taskmanager "$@" ;;
+        stop-kafka)          cmd_stop_kafka "$@" ;;
+        start-kafka)         cmd_start_kafka "$@" ;;
+        restart-kafka)       cmd_restart_kafka "$@" ;;
         help|-h|--help) usage ;;
         *) usage >&2; die "unknown command '$cmd'" ;;
     esac

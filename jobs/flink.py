@@ -75,6 +75,23 @@ class FlinkRest:
     def metric_names(self, job_id: str, vertex_id: str) -> list[str]:
         return [m["id"] for m in self._call(f"/jobs/{job_id}/vertices/{vertex_id}/subtasks/metrics")]
 
+    def job_metrics(self, job_id: str, names: Sequence[str]) -> dict[str, float]:
+        """Job-level metrics by name, e.g. ``numRestarts`` (names the job does not have are left out)."""
+        got = self._call(f"/jobs/{job_id}/metrics?get={','.join(names)}")
+        return {m["id"]: float(m["value"]) for m in got if "value" in m}
+
+    def checkpoints(self, job_id: str) -> dict:
+        """Checkpoint statistics: ``counts`` (completed/failed/...), ``latest.completed`` and
+        ``latest.restored`` (``id``, ``is_savepoint``, ``external_path``; null if the job never restored)."""
+        return self._call(f"/jobs/{job_id}/checkpoints")
+
+    def exception_history(self, job_id: str) -> list[dict]:
+        """The job's failures, newest first (``exceptionName``, ``timestamp``, ``taskName``, ``endpoint``, ...)."""
+        return self._call(f"/jobs/{job_id}/exceptions")["exceptionHistory"]["entries"]
+
+    def taskmanagers(self) -> list[dict]:
+        return self._call("/taskmanagers")["taskmanagers"]
+
     def cancel(self, job_id: str) -> None:
         """Cancel a job; a job that already ended (HTTP 409) is left as it is."""
         try:
