@@ -65,6 +65,7 @@ class BenchOptions:
     device: str = "auto"
     batch_sizes: tuple[int, ...] = DEFAULT_BATCH_SIZES
     model_min_s: float = 1.0
+    profile_s: float = 0.0            # >0: py-spy the TaskManager's Python for this long in the job's peak phase
     dataset: str = "taobao-sample"
     label: str = ""
     output: str = ""
@@ -687,6 +688,78 @@ def group_offset_total(bootstrap: str, group: str, topic: str) -> int | None:
 
 
 # =============================================================================================
+# Profile of the job's Python hot path (py-spy on the TaskManager, optional)
+# =============================================================================================
+
+# (category, substrings of a frame): a sample goes to the category of its leaf-most matching frame.
+PROFILE_RULES: tuple[tuple[str, tuple[str, ...]], ...] = (
+    ("onnx_session_run", ("Session.run",)),
+    ("timer_register_jni", ("register_processing_time_timer",)),
+    ("current_processing_time_jni", ("current_processing_time",)),
+    ("current_watermark_jni", ("current_watermark",)),
+    ("state_read_jni_unpickle", ("ValueStateImpl.value",)),
+    ("state_write_pickle_jni", ("ValueStateImpl.update",)),
+    ("state_tuple_conversion", ("UserState.to_value", "UserState.from_value")),
+    ("avro_encode_outputs", ("Encoder.encode", "DeadLetters.encode")),
+    ("avro_decode_validate_input", ("Decoder.decode", "parse_event")),
+    ("features_and_batch_assembly", ("IntentEngine._feeds", "IntentEngine._top_categories", "IntentEngine.score",
+                                     "UserState.settle")),
+    ("routing", ("IntentRouter.route",)),
+    ("state_append_dedup", ("IntentEngine.add", "UserState.append", "UserState.seen")),
+    ("metric_counter_inc_jni", ("CounterImpl.inc",)),
+    ("watermark_assigner", ("TimestampAssignerProcessFunctionAdapter", "extract_timestamp")),
+    ("side_output_collect_jni", ("SideOutputContext.collect",)),   # runs the chained Java sink path too
+    ("pyflink_row_conversion", ("RowDataConverter", "Row.", "_create_row")),
+    ("decode_operator_other", ("DecodeEvents.process_element",)),
+    ("scorer_process_element_other", ("SequenceScorer.process_element",)),
+    ("scorer_timer_emit_other", ("SequenceScorer.on_timer", "SequenceScorer._emit", "SequenceScorer._score")),
+)
+
+
+def profile_breakdown(collapsed_lines: Sequence[str], rules=PROFILE_RULES) -> dict:
+    """Shares (%) of Python samples per hot-path category from py-spy's raw (collapsed) output.
+
+    Samples without Python frames (JVM threads py-spy also sees) are counted apart, not shared out.
+    """
+    cats: dict[str, int] = {}
+    python = empty = 0
+    for line in collapsed_lines:
+        stack, _, n = line.rpartition(" ")
+        if not n.isdigit():
+            continue
+        if not stack.strip():
+            empty += int(n)
+            continue
+        python += int(n)
+        chosen = "pyflink_framework_other"
+        for frame in reversed(stack.split(";")):
+            hit = next((name for name, keys in rules if any(k in frame for k in keys)), None)
+            if hit:
+                chosen = hit
+                break
+        cats[chosen] = cats.get(chosen, 0) + int(n)
+    shares = {k: round(100.0 * v / python, 1) for k, v in sorted(cats.items(), key=lambda kv: -kv[1])}
+    return {"python_samples": python, "samples_without_python_frames": empty, "share_pct": shares}
+
+
+def py_spy_binary() -> str | None:
+    import shutil
+
+    local = Path(sys.executable).parent / "py-spy"
+    return str(local) if local.exists() else shutil.which("py-spy")
+
+
+def start_py_spy(pid: int, seconds: float, out_file: Path) -> subprocess.Popen | None:
+    """``py-spy record`` (non-blocking sampling, 100 Hz) of the TaskManager's embedded interpreter."""
+    binary = py_spy_binary()
+    if not binary:
+        return None
+    return subprocess.Popen([binary, "record", "--pid", str(pid), "--duration", str(max(1, int(seconds))),
+                             "--rate", "100", "--nonblocking", "--format", "raw", "-o", str(out_file)],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+
+
+# =============================================================================================
 # One target (job or engine): submit, peak phase, fixed phase, figures
 # =============================================================================================
 
@@ -700,6 +773,7 @@ class Target:
     submit: Callable[[], str]
     topics: list[str] = field(default_factory=list)
     job_id: str = ""
+    taskmanager_pid: int | None = None
 
 
 def run_target(target: Target, pool: LoadPool, cfg: IntentFlowConfig, opts: BenchOptions, rest, pids,
@@ -707,6 +781,7 @@ def run_target(target: Target, pool: LoadPool, cfg: IntentFlowConfig, opts: Benc
     """Submit the target's job, drive it at the peak then at a fixed rate, and measure both phases."""
     bootstrap = cfg.kafka.bootstrap_servers
     create_topics(bootstrap, target.topics, [target.events_topic], opts.partitions)
+    target.taskmanager_pid = pids.get("taskmanager")
     out(f"[bench] {target.name}: submitting")
     target.job_id = target.submit()
     out(f"[bench] {target.name}: job {target.job_id} RUNNING")
@@ -771,6 +846,7 @@ def _run_phase(phase: Phase, pool, producer, watcher, duration_s, opts, rest, ta
 
     th = threading.Thread(target=committed_at_warmup_end, daemon=True)
     th.start()
+    spy = _maybe_profile(phase, target, opts, duration_s, out)
     drive(phase, pool, producer, watcher, duration_s, opts)
     in1 = (time.time(), group_offset_total(producer.bootstrap, target.source_group, target.events_topic))
     th.join(15)
@@ -799,6 +875,8 @@ def _run_phase(phase: Phase, pool, producer, watcher, duration_s, opts, rest, ta
         "checkpoints": checkpoint_summary(cps.between(phase.start, t_drained)),
         "resources": sampler.summary(t0, t1),
     }
+    if spy is not None:
+        figures["profile"] = _finish_profile(spy, watcher)
     if target.name == "job":
         figures["avg_inference_batch"] = avg_batch(counters0, counters1)
         figures["scorer_counters"] = {"before": counters0, "after": counters1}
@@ -806,6 +884,46 @@ def _run_phase(phase: Phase, pool, producer, watcher, duration_s, opts, rest, ta
         f"{figures['input_committed_events_per_s']} ev/s, p50/p99 {figures['latency_ms']['p50']}/"
         f"{figures['latency_ms']['p99']} ms, drained={drained}")
     return figures
+
+
+def _maybe_profile(phase: Phase, target: Target, opts: BenchOptions, duration_s: float, out):
+    """In the job's peak phase with --profile-s: py-spy the TaskManager after the warm-up (a thread)."""
+    if not (opts.profile_s > 0 and target.name == "job" and phase.target_rate is None):
+        return None
+    pid = target.taskmanager_pid
+    seconds = min(opts.profile_s, max(1.0, duration_s - opts.warmup_s))
+    spy: dict = {"seconds": seconds}
+
+    def record():
+        time.sleep(opts.warmup_s)
+        spy["t0"] = time.time()
+        spy["file"] = Path(os.environ.get("TMPDIR", "/tmp")) / f"{target.job_id}-py-spy.txt"
+        spy["proc"] = start_py_spy(pid, seconds, spy["file"]) if pid else None
+        if spy["proc"] is None:
+            out("[bench] --profile-s: py-spy not found (pip install py-spy into the venv) or no TaskManager pid")
+            return
+        spy["proc"].wait(seconds + 60)
+        spy["t1"] = time.time()
+
+    spy["thread"] = threading.Thread(target=record, daemon=True)
+    spy["thread"].start()
+    return spy
+
+
+def _finish_profile(spy: dict, watcher: OutputWatcher) -> dict | None:
+    spy["thread"].join(spy["seconds"] + 90)
+    path = spy.get("file")
+    if not path or not path.exists() or "t1" not in spy:
+        return None
+    result = profile_breakdown(path.read_text().splitlines())
+    rate = window_rate(watcher.samples, spy["t0"], spy["t1"])
+    result.update(seconds=round(spy["t1"] - spy["t0"], 1), tool="py-spy record --nonblocking --rate 100",
+                  output_events_per_s=round(rate, 1) if rate else None,
+                  python_ms_per_event_upper_bound=round(10.0 * result["python_samples"] / (rate * (spy["t1"] - spy["t0"])), 3)
+                  if rate else None,
+                  note="share of samples with Python frames, by leaf-most category; 'upper bound' counts a "
+                       "runnable-but-descheduled thread as busy (py-spy's active heuristic)")
+    return result
 
 
 def _after_warmup(arrival_ms: np.ndarray, seqs: slice, t_from: float) -> np.ndarray:

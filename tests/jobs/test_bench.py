@@ -163,6 +163,21 @@ def test_model_ceiling_on_real_windows(base_events):
     assert bench.sequences_per_s_at(m, 6) == m["batches"][1]["sequences_per_s"]
 
 
+def test_profile_breakdown_uses_the_leaf_most_category():
+    lines = [
+        "process (ops.py:1);SequenceScorer.on_timer (udfs/sequence.py:125);Session.run (ort.py:395) 60",
+        "process (ops.py:1);SequenceScorer.process_element (udfs/sequence.py:118);ValueStateImpl.update (s.py:68);"
+        "PickleDataConverter.to_external (c.py:72) 20",
+        "process (ops.py:1);DecodeEvents.process_element (udfs/decode.py:127);Decoder.decode (schemas/__init__.py:154) 15",
+        "process (ops.py:1) 5",
+        " 400",
+    ]
+    b = bench.profile_breakdown(lines)
+    assert b["python_samples"] == 100 and b["samples_without_python_frames"] == 400
+    assert b["share_pct"] == {"onnx_session_run": 60.0, "state_write_pickle_jni": 20.0,
+                              "avro_decode_validate_input": 15.0, "pyflink_framework_other": 5.0}
+
+
 def fake_phase(rate):
     return {"output_events_per_s": rate, "input_committed_events_per_s": rate, "avg_inference_batch": 40.0,
             "latency_ms": {"events": 10, "p50": 1.0, "p95": 2.0, "p99": 3.0, "max": 4.0, "mean": 1.5},
