@@ -56,7 +56,7 @@ class BenchOptions:
     fixed_s: float = 30.0
     warmup_s: float = 5.0
     rate_fraction: float = 0.5
-    backlog_s: float = 6.0            # peak phase: keep about this many seconds of work waiting in Kafka
+    backlog_s: float = 10.0           # peak phase: keep about this many seconds of work waiting in Kafka
     min_backlog: int = 2_000
     drain_timeout_s: float = 120.0
     partitions: int = 4
@@ -68,6 +68,7 @@ class BenchOptions:
     profile_s: float = 0.0            # >0: py-spy the TaskManager's Python for this long in the job's peak phase
     dataset: str = "taobao-sample"
     label: str = ""
+    note: str = ""                    # free text stored in the JSON (e.g. why the figures are not representative)
     output: str = ""
 
 
@@ -516,7 +517,7 @@ def drive(phase: Phase, pool: LoadPool, producer: LoadProducer, watcher: OutputW
             phase.pool_exhausted = True
             break
         if phase.target_rate is None:
-            cap = max(opts.min_backlog, opts.backlog_s * watcher.recent_rate())
+            cap = max(opts.min_backlog, opts.backlog_s * watcher.recent_rate(10.0))
             if producer.produced - watcher.total > cap:
                 producer.poll(0.005)
                 continue
@@ -834,7 +835,7 @@ def _run_phase(phase: Phase, pool, producer, watcher, duration_s, opts, rest, ta
     what = "peak (bounded backlog)" if phase.target_rate is None else f"fixed {phase.target_rate:,.0f} ev/s"
     out(f"[bench] {target.name}: {what} for {duration_s:g} s")
     counters0 = {}
-    if target.name == "job" and phase.first_seq == 0:   # nothing scored yet (metrics may not exist yet)
+    if target.name == "job" and producer.produced == 0:   # nothing scored yet (metrics may not exist yet)
         counters0 = {"batches": 0, "events_scored": 0}
     elif target.name == "job":
         counters0 = scorer_counters(rest, target.job_id)
@@ -938,13 +939,15 @@ def _state_figures(cps: CheckpointLog, baseline: dict | None, pool: LoadPool, pr
     if not latest or not users:
         return {"active_users": users}
     base = (baseline or {}).get("state_size") or 0
-    return {"active_users": users, "checkpoint_state_bytes": latest["state_size"],
+    return {"active_users": users, "events_per_active_user": round(produced / users, 1),
+            "checkpoint_state_bytes": latest["state_size"],
             "baseline_state_bytes": base,
             "bytes_per_active_user": round(latest["state_size"] / users, 1),
             "bytes_per_active_user_over_baseline": round((latest["state_size"] - base) / users, 1),
             "how": "state_size of the latest completed checkpoint (REST /jobs/<id>/checkpoints; RocksDB SST "
                    "files as checkpointed, all operators) / distinct users produced so far; 'over_baseline' "
-                   "subtracts the first checkpoint taken before any load"}
+                   "subtracts the first checkpoint taken before any load; the figure grows with events_per_active_user "
+                   "until each user's 50-event window is full"}
 
 
 # =============================================================================================
@@ -1059,7 +1062,7 @@ def build_document(run: str, machine: dict, cfg: IntentFlowConfig, opts: BenchOp
     epeak = engine.get("phases", {}).get("peak", {}).get("output_events_per_s")
     jbatch = job.get("phases", {}).get("peak", {}).get("avg_inference_batch")
     return {
-        "kind": "intentflow-bench", "version": 1, "run": run, "label": opts.label,
+        "kind": "intentflow-bench", "version": 1, "run": run, "label": opts.label, "note": opts.note,
         "started_utc": datetime.fromtimestamp(started, timezone.utc).isoformat(timespec="seconds"),
         "wall_s": round(finished - started, 1),
         "machine": machine,

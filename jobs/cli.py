@@ -214,6 +214,7 @@ def _bench_arguments(p: argparse.ArgumentParser) -> None:
                    help="py-spy the TaskManager's Python for N s of the job's peak phase (needs py-spy in the venv)")
     p.add_argument("--dataset", default=d.dataset, choices=sorted(DATASETS), help="the real sessions to clone")
     p.add_argument("--label", default="", help="goes into the JSON and its file name (e.g. noisy-shared-machine)")
+    p.add_argument("--note", default="", help="free text stored in the JSON (e.g. 'shared machine, not representative')")
     p.add_argument("--output", help="JSON file (default deploy/bench/results/<run>[-label].json)")
 
 
@@ -225,7 +226,8 @@ def _bench(args: argparse.Namespace, cfg: IntentFlowConfig) -> int:
                         drain_timeout_s=args.drain_timeout, partitions=args.partitions,
                         engine=not args.no_engine, model=not args.no_model, device=args.device,
                         batch_sizes=tuple(int(b) for b in args.batch_sizes.split(",") if b.strip()),
-                        model_min_s=args.model_min_s, profile_s=args.profile_s, dataset=args.dataset, label=args.label,
+                        model_min_s=args.model_min_s, profile_s=args.profile_s, dataset=args.dataset,
+                        label=args.label, note=args.note,
                         output=args.output or "")
     try:
         doc = run_bench(cfg, opts, out=lambda line: print(line, file=sys.stderr, flush=True))
