@@ -65,6 +65,7 @@ class BenchOptions:
     device: str = "auto"
     batch_sizes: tuple[int, ...] = DEFAULT_BATCH_SIZES
     model_min_s: float = 1.0
+    scorer_metrics: bool = True       # read the scorer's batch counters (waits up to ~10 s per phase for REST)
     profile_s: float = 0.0            # >0: py-spy the TaskManager's Python for this long in the job's peak phase
     dataset: str = "taobao-sample"
     label: str = ""
@@ -664,9 +665,22 @@ def scorer_counters(rest, job_id: str, tries: int = 3) -> dict[str, int]:
     return {}
 
 
+def scorer_counters_reaching(rest, job_id: str, events: int, timeout_s: float = 25) -> dict[str, int]:
+    """Scorer counters once they show ``events`` scored: the REST metric fetcher caches values for
+    ~10 s (metrics.fetcher.update-interval), so a single read at a phase boundary is stale."""
+    deadline = time.time() + timeout_s
+    got: dict[str, int] = {}
+    while time.time() < deadline:
+        got = scorer_counters(rest, job_id, tries=1)
+        if got.get("events_scored", 0) >= events:
+            return got
+        time.sleep(1.0)
+    return {}
+
+
 def avg_batch(before: dict, after: dict) -> float | None:
     """Events scored per model batch between two counter readings (None if a reading is missing)."""
-    if not after:
+    if not after or not before:
         return None
     batches = after.get("batches", 0) - before.get("batches", 0)
     scored = after.get("events_scored", 0) - before.get("events_scored", 0)
@@ -775,6 +789,7 @@ class Target:
     topics: list[str] = field(default_factory=list)
     job_id: str = ""
     taskmanager_pid: int | None = None
+    scorer_seen: dict = field(default_factory=lambda: {"batches": 0, "events_scored": 0})  # at the last phase end
 
 
 def run_target(target: Target, pool: LoadPool, cfg: IntentFlowConfig, opts: BenchOptions, rest, pids,
@@ -834,11 +849,7 @@ def _wait_first_checkpoint(cps: CheckpointLog, rest, job_id: str, timeout_s: flo
 def _run_phase(phase: Phase, pool, producer, watcher, duration_s, opts, rest, target, cps, sampler, out) -> dict:
     what = "peak (bounded backlog)" if phase.target_rate is None else f"fixed {phase.target_rate:,.0f} ev/s"
     out(f"[bench] {target.name}: {what} for {duration_s:g} s")
-    counters0 = {}
-    if target.name == "job" and producer.produced == 0:   # nothing scored yet (metrics may not exist yet)
-        counters0 = {"batches": 0, "events_scored": 0}
-    elif target.name == "job":
-        counters0 = scorer_counters(rest, target.job_id)
+    counters0 = target.scorer_seen
     committed: dict = {}
 
     def committed_at_warmup_end():   # the source's committed offsets when the measured window opens
@@ -851,7 +862,6 @@ def _run_phase(phase: Phase, pool, producer, watcher, duration_s, opts, rest, ta
     drive(phase, pool, producer, watcher, duration_s, opts)
     in1 = (time.time(), group_offset_total(producer.bootstrap, target.source_group, target.events_topic))
     th.join(15)
-    counters1 = scorer_counters(rest, target.job_id) if target.name == "job" else {}
     t0, t1 = phase.start + opts.warmup_s, phase.end
     output_rate = window_rate(watcher.samples, t0, t1)
     in0 = committed.get("t0")
@@ -861,6 +871,9 @@ def _run_phase(phase: Phase, pool, producer, watcher, duration_s, opts, rest, ta
         out(f"[bench] {target.name} {phase.name}: the pool of {len(pool):,} events ran out; raise --max-events")
     drained = wait_drained(watcher, phase.last_seq, opts.drain_timeout_s)
     t_drained = time.time()
+    counters1 = scorer_counters_reaching(rest, target.job_id, phase.last_seq) \
+        if target.name == "job" and opts.scorer_metrics else {}
+    target.scorer_seen = counters1
     seqs = slice(phase.first_seq, phase.last_seq)
     measured = _after_warmup(producer.arrival_ms, seqs, phase.start + opts.warmup_s)
     figures = {

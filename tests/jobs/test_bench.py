@@ -211,7 +211,7 @@ def test_document_shape_and_ratios(tmp_path):
 @pytest.mark.e2e
 def test_bench_smoke_every_event_gets_exactly_one_recommendation(stack, isolated_config, tmp_path):
     opts = bench.BenchOptions(users=700, max_events=40_000, peak_s=6, fixed_s=4, warmup_s=1, min_backlog=3000,
-                              drain_timeout_s=45, engine=False, model=False, label="smoke")
+                              drain_timeout_s=45, engine=False, model=False, scorer_metrics=False, label="smoke")
     doc = bench.run_bench(isolated_config("bench"), opts, out=print)
     job = doc["targets"]["job"]
     eo = job["exactly_once"]
