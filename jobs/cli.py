@@ -216,6 +216,57 @@ def _forget(args: argparse.Namespace, cfg: IntentFlowConfig) -> int:
     return 0
 
 
+# --- bench -------------------------------------------------------------------------------------
+
+def _bench_arguments(p: argparse.ArgumentParser) -> None:
+    from jobs.bench import DEFAULT_BATCH_SIZES, BenchOptions
+    from jobs.datasets import DATASETS
+
+    d = BenchOptions()
+    p.add_argument("--users", type=int, default=d.users, help="clone the real sessions to this many users")
+    p.add_argument("--max-events", type=int, default=d.max_events, help="most events to encode for the run")
+    p.add_argument("--peak-s", type=float, default=d.peak_s, help="seconds at the peak (bounded backlog)")
+    p.add_argument("--fixed-s", type=float, default=d.fixed_s, help="seconds at the fixed rate (0: skip)")
+    p.add_argument("--rate-fraction", type=float, default=d.rate_fraction, help="fixed rate as a fraction of the peak")
+    p.add_argument("--warmup-s", type=float, default=d.warmup_s, help="seconds of each phase left out of the figures")
+    p.add_argument("--backlog-s", type=float, default=d.backlog_s, help="peak: seconds of work kept waiting in Kafka")
+    p.add_argument("--drain-timeout", type=float, default=d.drain_timeout_s, help="most seconds to wait for outputs")
+    p.add_argument("--partitions", type=int, default=d.partitions, help="partitions of the run's topics")
+    p.add_argument("--no-engine", action="store_true", help="skip the engine ceiling (SQL job without Python)")
+    p.add_argument("--no-model", action="store_true", help="skip the model ceiling")
+    p.add_argument("--device", default=d.device, choices=("auto", "cpu", "cuda"), help="model ceiling device")
+    p.add_argument("--batch-sizes", default=",".join(map(str, DEFAULT_BATCH_SIZES)), help="model ceiling batch sizes")
+    p.add_argument("--model-min-s", type=float, default=d.model_min_s, help="seconds per model batch size")
+    p.add_argument("--profile-s", type=float, default=0.0,
+                   help="py-spy the TaskManager's Python for N s of the job's peak phase (needs py-spy in the venv)")
+    p.add_argument("--dataset", default=d.dataset, choices=sorted(DATASETS), help="the real sessions to clone")
+    p.add_argument("--label", default="", help="goes into the JSON and its file name (e.g. noisy-shared-machine)")
+    p.add_argument("--note", default="", help="free text stored in the JSON (e.g. 'shared machine, not representative')")
+    p.add_argument("--output", help="JSON file (default deploy/bench/results/<run>[-label].json)")
+
+
+def _bench(args: argparse.Namespace, cfg: IntentFlowConfig) -> int:
+    from jobs.bench import BenchOptions, default_output, format_table, run_bench, write_document
+
+    opts = BenchOptions(users=args.users, max_events=args.max_events, peak_s=args.peak_s, fixed_s=args.fixed_s,
+                        rate_fraction=args.rate_fraction, warmup_s=args.warmup_s, backlog_s=args.backlog_s,
+                        drain_timeout_s=args.drain_timeout, partitions=args.partitions,
+                        engine=not args.no_engine, model=not args.no_model, device=args.device,
+                        batch_sizes=tuple(int(b) for b in args.batch_sizes.split(",") if b.strip()),
+                        model_min_s=args.model_min_s, profile_s=args.profile_s, dataset=args.dataset,
+                        label=args.label, note=args.note,
+                        output=args.output or "")
+    try:
+        doc = run_bench(cfg, opts, out=lambda line: print(line, file=sys.stderr, flush=True))
+    except KeyboardInterrupt:
+        print("intentflow bench: interrupted (the run's jobs were cancelled and its topics deleted)", file=sys.stderr)
+        return 130
+    path = write_document(doc, args.output or default_output(doc["run"], args.label))
+    print(format_table(doc))
+    print(f"\nJSON: {path}")
+    return 0
+
+
 COMMANDS: tuple[Command, ...] = (
     Command("replay", "produce a dataset to the events topic in event-time order", _replay_arguments, _replay),
     Command("consume", "run a reference consumer, or summarize the output topics", _consume_arguments, _consume),
@@ -226,6 +277,8 @@ COMMANDS: tuple[Command, ...] = (
             _forget_arguments, _forget),
     Command("score", "score a dataset file offline through the job's scoring path (JSON lines out)",
             _score_arguments, _score),
+    Command("bench", "throughput, latency, resources and ceilings of the job on the local stack (JSON + table)",
+            _bench_arguments, _bench),
 )
 
 

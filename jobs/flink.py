@@ -92,6 +92,9 @@ class FlinkRest:
     def taskmanagers(self) -> list[dict]:
         return self._call("/taskmanagers")["taskmanagers"]
 
+    def flink_version(self) -> str:
+        return self._call("/config").get("flink-version", "?")
+
     def cancel(self, job_id: str) -> None:
         """Cancel a job; a job that already ended (HTTP 409) is left as it is."""
         try:
@@ -143,16 +146,24 @@ def submit(cfg: IntentFlowConfig, savepoint: str | None = None, wait_running: bo
     The job gets the caller's whole config as a TOML file, so what runs is exactly ``cfg``.
     """
     env = stack_env()
-    py = env.get("INTENTFLOW_PYTHON", sys.executable)
     conf_dir = Path(env.get("INTENTFLOW_RUN_DIR", REPO_ROOT / ".run")) / "jobs"
     conf_dir.mkdir(parents=True, exist_ok=True)
     conf_file = conf_dir / f"{cfg.flink.job_name}.toml"
     conf_file.write_text(cfg.to_toml())
+    return submit_python(JOB_FILE, ["--config", str(conf_file)], savepoint=savepoint,
+                         wait_running=wait_running, timeout_s=timeout_s, env=env)
+
+
+def submit_python(script: Path, args: Sequence[str] = (), savepoint: str | None = None,
+                  wait_running: bool = True, timeout_s: float = 180, env: dict[str, str] | None = None) -> str:
+    """``flink run -d -py SCRIPT ARGS`` on the local cluster (any PyFlink job script); returns the job id."""
+    env = stack_env() if env is None else env
+    py = env.get("INTENTFLOW_PYTHON", sys.executable)
     cmd = [f"{env['FLINK_HOME']}/bin/flink", "run", "-d", "-m", rest_url(env).split("://", 1)[-1],
            "-pyclientexec", py, "-pyexec", py]
     if savepoint:
         cmd += ["-s", savepoint]
-    cmd += ["-py", str(JOB_FILE), "--config", str(conf_file)]
+    cmd += ["-py", str(script), *args]
     proc = subprocess.run(cmd, env=env, cwd=REPO_ROOT, capture_output=True, text=True, timeout=timeout_s)
     m = re.search(r"JobID ([0-9a-f]{32})", proc.stdout + proc.stderr)
     if proc.returncode != 0 or not m:
