@@ -20,6 +20,12 @@ Design
   carrying ``h_next -> h_prev`` therefore reproduces the sequence forward (checked at export
   time and again by tests/models/test_contract.py against models/testdata/step_check.npz).
 * All feature engineering is torch code inside the graph; serving sends only raw arrays.
+* Baselines (logistic regression, gradient-boosted trees) use hand-made aggregates computed by
+  ``IntentNet.fusion_features`` from the same raw inputs, fit on the same train users. The logistic
+  one is also fused into the graph; fusion weights + calibration are fit on validation users, so
+  the test users are touched only for the report (metrics, user-bootstrap CIs, target statement).
+* After export the graph itself scores the other datasets (``--transfer``) through the canonical
+  mapping of jobs/datasets.py with the same label definitions (models/intent_data.py).
 """
 from __future__ import annotations
 
@@ -31,7 +37,6 @@ import os
 import platform
 import sys
 import time
-import zlib
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -41,23 +46,14 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 from udfs import contract  # noqa: E402
 
-DEFAULT_DATA = REPO.parent / "shared" / "data" / "taobao_userbehavior" / "UserBehavior_sample.csv"
+from models.intent_data import (BINARY_HEADS, N_TYPES, SESSION_GAP, T_BUY, T_CART, T_FAV,  # noqa: E402
+                                T_VIEW, WIN_KEYS, build_arrays, load_canonical, load_taobao, replay_step_model,
+                                user_split)
+from models import intent_metrics as im  # noqa: E402
 
-# Official Taobao UserBehavior window: 2017-11-25 00:00 .. 2017-12-04 00:00 China time (UTC+8).
-DATA_START = 1511539200
-DATA_END = 1512316800
-SESSION_GAP = 1800          # 30 minutes
-H24 = 86400
-H48 = 172800
-BEHAVIOR_MAP = {"pv": "view", "cart": "add_to_cart", "fav": "favorite", "buy": "purchase"}
-T_VIEW = contract.TYPE_CODE["view"]
-T_CART = contract.TYPE_CODE["add_to_cart"]
-T_FAV = contract.TYPE_CODE["favorite"]
-T_BUY = contract.TYPE_CODE["purchase"]
-N_TYPES = len(contract.EVENT_TYPES)
-BINARY_HEADS = ("p_buy_session", "p_buy_24h", "p_cart_abandon", "p_no_return_48h")
+DEFAULT_DATA = REPO.parent / "shared" / "data" / "taobao_userbehavior" / "UserBehavior_sample.csv"
 PAD_SCORE = -1.0e9           # category_scores at padding positions
-DEFAULT_VERSION = "gru-attn-2026.12.03-1"
+DEFAULT_VERSION = "gru-attn-fused-2026.12.03-2"
 
 
 @dataclass
@@ -96,127 +92,6 @@ def sha256_file(path: Path) -> str:
     return h.hexdigest()
 
 
-def crc64(values) -> np.ndarray:
-    """zlib.crc32(str(id).encode()) as int64 -- exactly what serving sends."""
-    return np.fromiter((zlib.crc32(str(v).encode()) for v in values), dtype=np.int64, count=len(values))
-
-
-def load_events(path: Path):
-    import pandas as pd
-    df = pd.read_csv(path, header=None, names=["user_id", "item_id", "category_id", "behavior_type", "timestamp"],
-                     dtype={"user_id": "int64", "item_id": "int64", "category_id": "int64",
-                            "behavior_type": "str", "timestamp": "int64"})
-    n_raw = len(df)
-    df["file_order"] = np.arange(n_raw)
-    keep = (df.timestamp >= DATA_START) & (df.timestamp < DATA_END)
-    n_out = int((~keep).sum())
-    df = df[keep]
-    unknown = set(df.behavior_type.unique()) - set(BEHAVIOR_MAP)
-    if unknown:
-        raise ValueError(f"unknown behavior types {unknown}")
-    df["type"] = df.behavior_type.map({k: contract.TYPE_CODE[v] for k, v in BEHAVIOR_MAP.items()}).astype(np.int64)
-    df = df.sort_values(["user_id", "timestamp", "file_order"], kind="stable").reset_index(drop=True)
-    df["item_h"] = crc64(df.item_id.to_numpy())
-    df["cat_h"] = crc64(df.category_id.to_numpy())
-    return df, {"rows_in_file": n_raw, "rows_outside_window_dropped": n_out, "rows_used": len(df)}
-
-
-def user_split(user_id: int, salt: str) -> str:
-    b = int.from_bytes(hashlib.sha256(f"{salt}:{user_id}".encode()).digest()[:8], "big") % 100
-    return "train" if b < 70 else ("val" if b < 85 else "test")
-
-
-def build_arrays(df, N: int) -> dict:
-    """Per-event raw windows, user_stats and labels (+ masks), in user/time order."""
-    users = df.user_id.to_numpy()
-    ts_all = df.timestamp.to_numpy()
-    ty_all = df.type.to_numpy()
-    it_all = df.item_h.to_numpy()
-    ca_all = df.cat_h.to_numpy()
-    E = len(df)
-    starts = np.flatnonzero(np.r_[True, users[1:] != users[:-1]])
-    ends = np.r_[starts[1:], E]
-
-    A = {k: np.zeros((E, N), dt) for k, dt in (("ev_type", np.int64), ("ev_item", np.int64),
-                                              ("ev_cat", np.int64), ("ev_dt", np.float32))}
-    A["ev_price"] = np.full((E, N), contract.MISSING_PRICE, np.float32)
-    stats = np.zeros((E, len(contract.USER_STATS)), np.float32)
-    lab = {h: np.zeros(E, np.float32) for h in BINARY_HEADS}
-    msk = {h: np.zeros(E, bool) for h in BINARY_HEADS}
-    next_type = np.zeros(E, np.int64)
-    next_cat = np.zeros(E, np.int64)
-    has_next = np.zeros(E, bool)
-    user_of = np.zeros(E, np.int64)
-    pos_in_user = np.zeros(E, np.int64)
-
-    for ui, (s, e) in enumerate(zip(starts, ends)):
-        L = e - s
-        ts, ty, it, ca = ts_all[s:e], ty_all[s:e], it_all[s:e], ca_all[s:e]
-        user_of[s:e] = ui
-        pos_in_user[s:e] = np.arange(L)
-        # windows: left-padded sliding views
-        def win(x, fill):
-            p = np.concatenate([np.full(N - 1, fill, x.dtype), x])
-            return np.lib.stride_tricks.sliding_window_view(p, N)
-        wt = win(ty, 0)
-        A["ev_type"][s:e] = wt
-        A["ev_item"][s:e] = win(it, 0)
-        A["ev_cat"][s:e] = win(ca, 0)
-        wts = win(ts, 0)
-        A["ev_dt"][s:e] = np.where(wt != 0, (wts - ts[:, None]), 0).astype(np.float32)
-        # user_stats
-        stats[s:e, 0] = np.maximum(0, np.arange(L) + 1 - N)
-        stats[s:e, 1] = np.cumsum(ty == T_BUY)
-        stats[s:e, 2] = np.cumsum(ty == T_CART)
-        stats[s:e, 3] = ts - ts[0]
-        stats[s:e, 4] = (ts % 86400) / 3600.0
-        stats[s:e, 5] = ((ts // 86400) + 3) % 7        # 1970-01-01 was a Thursday
-        # sessions
-        brk = np.r_[False, np.diff(ts) > SESSION_GAP]
-        sid = np.cumsum(brk)
-        sess_last_ts = np.zeros(sid[-1] + 1, np.int64)
-        np.maximum.at(sess_last_ts, sid, ts)
-        # next purchase strictly after t (index order)
-        nxt_buy = np.full(L, -1, np.int64)
-        nb = -1
-        for t in range(L - 1, -1, -1):
-            nxt_buy[t] = nb
-            if ty[t] == T_BUY:
-                nb = t
-        hb = nxt_buy >= 0
-        nbc = np.where(hb, nxt_buy, 0)
-        # p_buy_session: buy later in the same session; censored if the session may run past the end
-        lab["p_buy_session"][s:e] = hb & (sid[nbc] == sid)
-        msk["p_buy_session"][s:e] = sess_last_ts[sid] + SESSION_GAP < DATA_END
-        # p_buy_24h
-        lab["p_buy_24h"][s:e] = hb & (ts[nbc] <= ts + H24)
-        msk["p_buy_24h"][s:e] = ts + H24 <= DATA_END
-        # p_cart_abandon: at add_to_cart, that item not bought (index > t) within 24 h
-        for t in np.flatnonzero(ty == T_CART):
-            if ts[t] + H24 > DATA_END:
-                continue
-            later = slice(t + 1, e - s)
-            bought = np.any((ty[later] == T_BUY) & (it[later] == it[t]) & (ts[later] <= ts[t] + H24))
-            lab["p_cart_abandon"][s + t] = 0.0 if bought else 1.0
-            msk["p_cart_abandon"][s + t] = True
-        # p_no_return_48h
-        nts = np.r_[ts[1:], np.iinfo(np.int64).max]
-        lab["p_no_return_48h"][s:e] = (nts - ts) > H48
-        msk["p_no_return_48h"][s:e] = ts + H48 <= DATA_END
-        # next event
-        next_type[s:e - 1] = ty[1:]
-        next_cat[s:e - 1] = ca[1:]
-        has_next[s:e - 1] = True
-    out = dict(A)
-    out.update(user_stats=stats, next_type=next_type, next_cat=next_cat, has_next=has_next,
-               user_of=user_of, pos_in_user=pos_in_user, user_starts=starts, user_ends=ends,
-               user_ids=users[starts], timestamp=ts_all, type=ty_all)
-    for h in BINARY_HEADS:
-        out["y_" + h] = lab[h]
-        out["m_" + h] = msk[h]
-    return out
-
-
 # ----------------------------------------------------------------------------------------------
 # model
 # ----------------------------------------------------------------------------------------------
@@ -230,6 +105,8 @@ def make_model(cfg: Config):
     TWO_PI = 2.0 * math.pi
 
     class IntentNet(nn.Module):
+        n_fusion_features = 4 * N_TYPES + 25
+
         def __init__(self):
             super().__init__()
             self.type_emb = nn.Embedding(N_TYPES + 1, cfg.type_dim)
@@ -258,6 +135,19 @@ def make_model(cfg: Config):
             self.register_buffer("cal_a", torch.ones(len(BINARY_HEADS)))
             self.register_buffer("cal_b", torch.zeros(len(BINARY_HEADS)))
             self.register_buffer("cal_t", torch.ones(1))
+            # fusion with a linear model on hand-made aggregates (fusion_features), all fitted after
+            # training: the linear model on train users, the fusion weights on validation users.
+            # Defaults make the fused outputs equal to the plain calibrated sequence model.
+            nf = self.n_fusion_features
+            self.register_buffer("feat_mu", torch.zeros(nf))
+            self.register_buffer("feat_sd", torch.ones(nf))
+            self.register_buffer("lin_w", torch.zeros(nf, len(BINARY_HEADS)))
+            self.register_buffer("lin_b", torch.zeros(len(BINARY_HEADS)))
+            self.register_buffer("cal_f", torch.zeros(len(BINARY_HEADS)))   # weight of the linear logit
+            self.register_buffer("lin_na_w", torch.zeros(nf, N_TYPES))
+            self.register_buffer("lin_na_b", torch.zeros(N_TYPES))
+            self.register_buffer("na_f", torch.zeros(1))                     # weight of the linear log-probs
+            self.register_buffer("na_b", torch.zeros(N_TYPES))
             # upper-triangular: (brk @ tri)[j] = sum_{k>j} brk[k]  (reverse cumsum, ONNX-friendly MatMul)
             self.register_buffer("tri", torch.triu(torch.ones(N, N), diagonal=1).t().contiguous())
             self.register_buffer("later", torch.triu(torch.ones(N, N), diagonal=1))  # [j,k]=1 if k>j
@@ -357,10 +247,58 @@ def make_model(cfg: Config):
             ptr = (pq * self.ptr_k(ppos)).sum(-1) / math.sqrt(cfg.pos_dim) + self.ptr_b(ppos).squeeze(-1)
             return bin_logits, na_logits, ptr, valid_b
 
-        def finalize(self, bin_logits, na_logits, ptr, valid_b):
-            """Calibrated probabilities / scores as in the contract."""
-            probs = torch.sigmoid(bin_logits * self.cal_a + self.cal_b)
-            na = torch.softmax(na_logits / self.cal_t, dim=1)
+        def fusion_features(self, ev_type, ev_item, ev_cat, ev_dt, ev_price, user_stats):
+            """Hand-made aggregates of the window ending at the scored event (its past only) + user_stats:
+            the inputs of the linear model fused into the graph and of the sklearn baselines. [B, F]"""
+            valid = (ev_type != 0).float()
+            dt = ev_dt * valid
+            prev_valid = torch.cat([torch.zeros_like(valid[:, :1]), valid[:, :-1]], dim=1) * valid
+            gap = torch.clamp(dt - torch.cat([dt[:, :1], dt[:, :-1]], dim=1), min=0.0) * prev_valid
+            brk = (gap > SESSION_GAP).float() * prev_valid
+            in_sess = (torch.matmul(brk, self.tri) < 0.5).float() * valid
+            onehot = (ev_type.unsqueeze(-1) == self.type_codes).float()        # [B,N,7]
+            same_item = (ev_item == ev_item[:, -1:]).float() * valid * (ev_item[:, -1:] != 0).float()
+            same_cat = (ev_cat == ev_cat[:, -1:]).float() * valid * (ev_cat[:, -1:] != 0).float()
+            age = torch.abs(dt)
+            far = torch.full_like(age, 1.0e7)
+
+            def since(mask):
+                t = torch.where(mask > 0.5, age, far).amin(1, keepdim=True)
+                return torch.log1p(t) * 0.1, (t >= 1.0e7).float()
+            since_cart, no_cart = since(onehot[:, :, T_CART - 1])
+            since_buy, no_buy = since(onehot[:, :, T_BUY - 1])
+            n_win = valid.sum(1, keepdim=True)
+            us = torch.clamp(user_stats[:, 0:4], min=0.0)
+            has_prev = prev_valid[:, -1:]
+            cols = [torch.log1p(onehot.sum(1)), torch.log1p((onehot * in_sess.unsqueeze(-1)).sum(1)),
+                    torch.log1p(onehot[:, -10:].sum(1)), onehot[:, -1],
+                    torch.log1p(n_win), torch.log1p(in_sess.sum(1, keepdim=True)),
+                    torch.log1p((age * in_sess).amax(1, keepdim=True)) * 0.1,
+                    torch.log1p(gap[:, -1:]) * 0.1, has_prev,
+                    torch.log1p(same_item.sum(1, keepdim=True)), torch.log1p(same_cat.sum(1, keepdim=True)),
+                    torch.log1p((same_item * in_sess).sum(1, keepdim=True)),
+                    torch.log1p((same_cat * in_sess).sum(1, keepdim=True)),
+                    torch.log1p((same_item * onehot[:, :, T_CART - 1]).sum(1, keepdim=True)),
+                    torch.log1p((same_item * onehot[:, :, T_BUY - 1]).sum(1, keepdim=True)),
+                    torch.log1p((same_item * onehot[:, :, T_FAV - 1]).sum(1, keepdim=True)),
+                    since_cart, no_cart, since_buy, no_buy,
+                    torch.log1p(us[:, 0:3]), torch.log1p(us[:, 3:4] / 3600.0), torch.log1p(us[:, 0:1] + n_win),
+                    self._time_feats(user_stats)]
+            return torch.cat(cols, dim=1)
+
+        def fused_logits(self, bin_logits, na_logits, feats):
+            """Binary logits and next-action logits after fusing with the linear model (calibration included)."""
+            z = (feats - self.feat_mu) / self.feat_sd
+            lin = torch.matmul(z, self.lin_w) + self.lin_b
+            lin_na = torch.log_softmax(torch.matmul(z, self.lin_na_w) + self.lin_na_b, dim=1)
+            return (bin_logits * self.cal_a + lin * self.cal_f + self.cal_b,
+                    na_logits / self.cal_t + lin_na * self.na_f + self.na_b)
+
+        def finalize(self, bin_logits, na_logits, ptr, valid_b, feats):
+            """Calibrated (fused) probabilities / scores as in the contract."""
+            fb, fna = self.fused_logits(bin_logits, na_logits, feats)
+            probs = torch.sigmoid(fb)
+            na = torch.softmax(fna, dim=1)
             cs = torch.where(valid_b, ptr, torch.full_like(ptr, PAD_SCORE))
             return probs, na, cs
 
@@ -385,8 +323,9 @@ def make_model(cfg: Config):
         def forward(self, h_prev, ev_type, ev_item, ev_cat, ev_dt, ev_price, user_stats):
             x = self.net.event_input(ev_type, ev_item, ev_cat, ev_dt, ev_price, user_stats)
             h_next = self.net.gru_cell(x, h_prev)
+            feats = self.net.fusion_features(ev_type, ev_item, ev_cat, ev_dt, ev_price, user_stats)
             probs, na, cs = self.net.finalize(*self.net.heads(h_next, ev_type, ev_item, ev_cat, ev_dt,
-                                                              ev_price, user_stats))
+                                                              ev_price, user_stats), feats)
             return (h_next, probs[:, 0], probs[:, 1], probs[:, 2], probs[:, 3], na, cs)
 
     return IntentNet, StepModel
@@ -395,8 +334,6 @@ def make_model(cfg: Config):
 # ----------------------------------------------------------------------------------------------
 # training helpers
 # ----------------------------------------------------------------------------------------------
-WIN_KEYS = ("ev_type", "ev_item", "ev_cat", "ev_dt", "ev_price", "user_stats")
-
 
 def batch_tensors(D, idx):
     import torch
@@ -508,6 +445,206 @@ def ece(y, p, bins=10):
     return float(tot / len(y))
 
 
+def fusion_feature_names() -> list[str]:
+    """Column names of IntentNet.fusion_features, in order (for the report)."""
+    t = contract.EVENT_TYPES
+    return ([f"log1p_count_{x}_window" for x in t] + [f"log1p_count_{x}_session" for x in t]
+            + [f"log1p_count_{x}_last10" for x in t] + [f"is_{x}" for x in t]
+            + ["log1p_window_len", "log1p_session_len", "log1p_session_duration_s", "log1p_gap_prev_s", "has_prev",
+               "log1p_same_item_window", "log1p_same_cat_window", "log1p_same_item_session", "log1p_same_cat_session",
+               "log1p_same_item_carts", "log1p_same_item_buys", "log1p_same_item_favs",
+               "log1p_since_last_cart_s", "no_cart_in_window", "log1p_since_last_buy_s", "no_buy_in_window",
+               "log1p_events_before_window", "log1p_purchases_total", "log1p_carts_total", "log1p_hours_since_first",
+               "log1p_events_total", "sin_hour", "cos_hour", "sin_weekday", "cos_weekday"])
+
+
+def compute_features(net, D, chunk=4096) -> np.ndarray:
+    """fusion_features for every event (the same torch code the graph runs), float64."""
+    import torch
+    E = len(D["timestamp"])
+    out = np.zeros((E, net.n_fusion_features), np.float64)
+    with torch.no_grad():
+        for i in range(0, E, chunk):
+            out[i:i + chunk] = net.fusion_features(*batch_tensors(D, np.arange(i, min(E, i + chunk)))).numpy()
+    return out
+
+
+def fit_hgb(X, y, X_val, y_val, seed, multiclass=False):
+    """HistGradientBoosting fit on train users; the number of trees is chosen by validation-user log loss."""
+    from sklearn.ensemble import HistGradientBoostingClassifier
+    clf = HistGradientBoostingClassifier(learning_rate=0.05, max_iter=200, max_leaf_nodes=15, min_samples_leaf=40,
+                                         l2_regularization=1.0, early_stopping=False, random_state=seed).fit(X, y)
+    losses_ = []
+    for p in clf.staged_predict_proba(X_val):
+        p = np.clip(p, 1e-12, 1)
+        if multiclass:
+            losses_.append(-np.mean(np.log(p[np.arange(len(y_val)), np.searchsorted(clf.classes_, y_val)])))
+        else:
+            losses_.append(-np.mean(y_val * np.log(p[:, 1]) + (1 - y_val) * np.log(p[:, 0])))
+    return clf, int(np.argmin(losses_))
+
+
+def staged_at(clf, X, it):
+    """predict_proba of a boosted model after iteration ``it`` (0-based)."""
+    for i, p in enumerate(clf.staged_predict_proba(X)):
+        if i == it:
+            return p
+    raise ValueError(it)
+
+
+def fit_baselines(F, Z, D, ev_split, present, seed) -> tuple[dict, dict, dict]:
+    """Logistic regression (standardised features) and gradient-boosted trees (raw features), per head,
+    fit on train users only. Returns (scores per predictor per head over all events -- gradient-boosted
+    scores only for validation/test events, NaN on train --, linear coefficients for the in-graph
+    fusion, fit info)."""
+    from sklearn.linear_model import LogisticRegression
+    E = len(F)
+    tr, va = ev_split == "train", ev_split == "val"
+    ev = ~tr
+    scores = {"logistic": {}, "hgb": {}}
+    lin = {"w": np.zeros((F.shape[1], len(BINARY_HEADS))), "b": np.zeros(len(BINARY_HEADS)),
+           "na_w": np.zeros((F.shape[1], N_TYPES)), "na_b": np.full(N_TYPES, -50.0)}
+    info = {}
+    for j, hname in enumerate(BINARY_HEADS):
+        m_tr, m_va = D["m_" + hname] & tr, D["m_" + hname] & va
+        y_tr = D["y_" + hname][m_tr]
+        lr = LogisticRegression(C=1.0, max_iter=3000).fit(Z[m_tr], y_tr)
+        lin["w"][:, j], lin["b"][j] = lr.coef_[0], lr.intercept_[0]
+        scores["logistic"][hname] = lr.decision_function(Z)
+        hgb, it = fit_hgb(F[m_tr], y_tr, F[m_va], D["y_" + hname][m_va], seed)
+        scores["hgb"][hname] = np.full(E, np.nan)
+        scores["hgb"][hname][ev] = staged_at(hgb, F[ev], it)[:, 1]
+        info[hname] = {"train_events": int(m_tr.sum()), "hgb_trees_chosen_on_val": it + 1}
+    hn_tr, hn_va = D["has_next"] & tr, D["has_next"] & va
+    y_tr = D["next_type"][hn_tr]
+    lr = LogisticRegression(C=1.0, max_iter=3000).fit(Z[hn_tr], y_tr)
+    cols = np.array(lr.classes_) - 1
+    lin["na_w"][:, cols], lin["na_b"][cols] = lr.coef_.T, lr.intercept_
+    p_lr = np.zeros((E, N_TYPES))
+    p_lr[:, cols] = lr.predict_proba(Z)
+    scores["logistic"]["next_action"] = p_lr
+    hgb, it = fit_hgb(F[hn_tr], y_tr, F[hn_va], D["next_type"][hn_va], seed, multiclass=True)
+    p_h = np.full((E, N_TYPES), np.nan)
+    p_h[ev] = 0.0
+    p_h[np.ix_(ev, np.array(hgb.classes_) - 1)] = staged_at(hgb, F[ev], it)
+    scores["hgb"]["next_action"] = p_h
+    info["next_action"] = {"train_events": int(hn_tr.sum()), "classes": [contract.EVENT_TYPES[c - 1] for c in lr.classes_],
+                           "hgb_trees_chosen_on_val": it + 1}
+    assert set(int(c) for c in lr.classes_) == set(present)
+    return scores, lin, info
+
+
+def log_softmax(x):
+    x = x - x.max(axis=1, keepdims=True)
+    return x - np.log(np.exp(x).sum(axis=1, keepdims=True))
+
+
+def fit_fusion(seq_bin, seq_na, lin_bin, lin_na_logp, D, m_val, present) -> dict:
+    """Fusion + calibration weights on validation users: per binary head a logistic regression on
+    [sequence logit, linear-model logit]; for next action a, f >= 0, per-class bias b minimising
+    the NLL of softmax(a * seq_logits + f * linear_log_probs + b) (b only for classes seen in train)."""
+    from scipy.optimize import minimize
+    from sklearn.linear_model import LogisticRegression
+    fus = {"a": np.ones(len(BINARY_HEADS)), "f": np.zeros(len(BINARY_HEADS)), "b": np.zeros(len(BINARY_HEADS))}
+    for j, hname in enumerate(BINARY_HEADS):
+        m = D["m_" + hname] & m_val
+        X = np.stack([seq_bin[m, j], lin_bin[m, j]], axis=1).astype(np.float64)
+        lr = LogisticRegression(C=1e6, max_iter=2000).fit(X, D["y_" + hname][m])
+        fus["a"][j], fus["f"][j], fus["b"][j] = lr.coef_[0, 0], lr.coef_[0, 1], lr.intercept_[0]
+    hn = D["has_next"] & m_val
+    z, lp, y = seq_na[hn].astype(np.float64), lin_na_logp[hn], D["next_type"][hn] - 1
+    cols = np.array(present) - 1
+
+    def nll(theta):
+        b = np.zeros(N_TYPES)
+        b[cols] = theta[2:]
+        return -np.mean(log_softmax(theta[0] * z + theta[1] * lp + b)[np.arange(len(y)), y])
+    x0 = np.r_[1.0, 0.0, np.zeros(len(cols))]
+    res = minimize(nll, x0, method="L-BFGS-B", bounds=[(0.05, 20.0), (0.0, 5.0)] + [(-10.0, 10.0)] * len(cols))
+    fus["na_a"], fus["na_f"] = float(res.x[0]), float(res.x[1])
+    fus["na_b"] = np.zeros(N_TYPES)
+    fus["na_b"][cols] = res.x[2:]
+    fus["val_nll_next_action"] = float(res.fun)
+    return fus
+
+
+def binary_metrics(y, p) -> dict:
+    from sklearn.metrics import average_precision_score, brier_score_loss, roc_auc_score
+    return {"roc_auc": float(roc_auc_score(y, p)), "pr_auc": float(average_precision_score(y, p)),
+            "brier": float(brier_score_loss(y, p)), "ece": float(ece(y, p)), "mean_pred": float(p.mean())}
+
+
+def target_check(user_of, y, preds: dict, model_key, baseline_keys, metric, min_gain, reps, seed, labels=None) -> dict:
+    """Model vs the strongest baseline (highest test point estimate) with user-bootstrap 95 % CIs."""
+    if metric == "roc_auc":
+        groups = {k: im.rank_groups(v) for k, v in preds.items()}
+        fns = {k: (lambda w, g=groups[k]: im.roc_auc(y, weights=w, groups=g)) for k in preds}
+        point = {k: im.roc_auc(y, groups=groups[k]) for k in preds}
+    else:
+        fns = {k: (lambda w, pr=v: im.macro_f1(y, pr, labels, w)) for k, v in preds.items()}
+        point = {k: im.macro_f1(y, v, labels) for k, v in preds.items()}
+    best = max(baseline_keys, key=lambda k: point[k])
+    bs = im.user_bootstrap(user_of, fns, reps=reps, seed=seed, diffs=[(model_key, best)])
+    diff = point[model_key] - point[best]
+    lo = bs["diff_ci95"][f"{model_key} - {best}"][0]
+    return {"metric": metric, "required_gain": min_gain, "point": point, "strongest_baseline": best,
+            "model": model_key, "gain": diff, "ci95": bs["ci95"], "gain_ci95": bs["diff_ci95"][f"{model_key} - {best}"],
+            "met": bool(diff >= min_gain), "met_at_ci_lower_bound": bool(lo >= min_gain),
+            "bootstrap": {"reps": bs["reps"], "users": bs["users"], "seed": bs["seed"]}}
+
+
+def transfer_eval(sess, name, hidden, N, train_prior, present) -> dict:
+    """Score one other dataset through the canonical mapping with the exported graph; same labels,
+    censored at that dataset's own end (last event time + 1 s)."""
+    from jobs.datasets import ReadStats, read_events, resolve_dataset, time_ordered
+    path, fmt = resolve_dataset(name)
+    stats = ReadStats()
+    events = time_ordered(read_events(path, fmt, stats))
+    cols = load_canonical(events)
+    start, end = int(cols["ts"].min()), int(cols["ts"].max()) + 1
+    D = build_arrays(cols, N, end)
+    out = replay_step_model(sess, D, np.arange(len(D["user_ids"])), hidden)
+    price_known = bool(np.any(cols["price"] >= 0))
+    if price_known:   # diagnostic: price weights are untrained (Taobao has no prices); score again without
+        out_np = replay_step_model(sess, dict(D, ev_price=np.full_like(D["ev_price"], contract.MISSING_PRICE)),
+                                   np.arange(len(D["user_ids"])), hidden)
+    span_h = (end - start) / 3600.0
+    ent = {"file": str(path.relative_to(path.parents[1])), "format": fmt, "read": stats.as_dict(),
+           "events": int(len(cols["ts"])), "users": int(len(D["user_ids"])), "span_hours": round(span_h, 3),
+           "end_utc_s": end, "event_types": {contract.EVENT_TYPES[c - 1]: int((cols["type"] == c).sum())
+                                             for c in np.unique(cols["type"])},
+           "price_known_rate": float(np.mean(cols["price"] >= 0)), "heads": {}}
+    horizon_h = {"p_buy_24h": 24, "p_cart_abandon": 24, "p_no_return_48h": 48}
+    for hname in BINARY_HEADS:
+        m = D["m_" + hname]
+        y = D["y_" + hname][m]
+        e = {"n": int(m.sum()), "positives": int(y.sum()), "base_rate": float(y.mean()) if m.any() else None}
+        if not m.any():
+            e["not_defined"] = (f"the data spans {span_h:.2f} h < the {horizon_h[hname]} h horizon: every event's "
+                                f"window passes the data end, so every label is censored") if hname in horizon_h else \
+                "no event survives censoring"
+        elif 0 < y.sum() < len(y):
+            e.update(roc_auc=im.roc_auc(y, out[hname][m]), mean_pred=float(np.mean(out[hname][m])))
+            if price_known:
+                e["roc_auc_price_withheld"] = im.roc_auc(y, out_np[hname][m])
+        else:
+            e["not_defined"] = "only one class among the labelled events"
+        ent["heads"][hname] = e
+    hn = D["has_next"]
+    y = D["next_type"][hn]
+    pna = out["next_action"][hn].astype(np.float64)
+    labels = [c for c in sorted(set(y.tolist())) if c in present]
+    seen = np.isin(np.arange(1, N_TYPES + 1), present)
+    pred_bal = np.where(seen, pna / train_prior, -1.0).argmax(1) + 1
+    ent["next_action"] = {"n": int(hn.sum()), "labels_scored": [contract.EVENT_TYPES[c - 1] for c in labels],
+                          "dist": {contract.EVENT_TYPES[c - 1]: float(np.mean(y == c)) for c in labels},
+                          "model_argmax_macro_f1": im.macro_f1(y, pna.argmax(1) + 1, labels),
+                          "model_prior_corrected_macro_f1": im.macro_f1(y, pred_bal, labels),
+                          "always_view_macro_f1": im.macro_f1(y, np.full_like(y, T_VIEW), labels),
+                          "log_loss": float(-np.mean(np.log(pna[np.arange(len(y)), y - 1] + 1e-12)))}
+    return ent
+
+
 def metrics_markdown(report) -> str:
     """The test-metrics tables of the model card, rendered from report.json."""
     m = report["test_metrics"]
@@ -523,15 +660,49 @@ def metrics_markdown(report) -> str:
                          f"{e['pr_auc']:.3f} | {e['brier']:.4f} ({e['brier_base_rate']:.4f}) | {e['ece']:.4f} |")
         else:
             lines.append(f"| {h} | {e['n']} | {e['positives']} | {e['base_rate']} | n/a | n/a | n/a | n/a |")
+    lines += ["", "ROC-AUC on the same test users, every predictor (baselines and the linear part fit on train users "
+              "only; fusion weights on validation users):", "",
+              "| head | model (fused, shipped) | sequence only | linear part of model | logistic baseline | "
+              "gradient-boosted baseline |", "|---|---:|---:|---:|---:|---:|"]
+    for h in BINARY_HEADS:
+        if h in m["binary_by_predictor"]:
+            o = m["binary_by_predictor"][h]
+            lines.append(f"| {h} | {m['binary'][h]['roc_auc']:.4f} | {o['sequence_only']['roc_auc']:.4f} | "
+                         f"{o['linear_part_of_model']['roc_auc']:.4f} | {o['logistic']['roc_auc']:.4f} | "
+                         f"{o['hgb']['roc_auc']:.4f} |")
+    t = m["targets"]
+    lines += ["", f"Target: model beats the strongest baseline by >= 0.05 (ROC-AUC; next action macro-F1). 95 % CIs: "
+              f"bootstrap over test users ({next(iter(t.values()))['bootstrap']['reps']} resamples of "
+              f"{next(iter(t.values()))['bootstrap']['users']} users).", "",
+              "| head | metric | model [95 % CI] | strongest baseline | baseline [95 % CI] | gain [95 % CI] | "
+              "met (point) | met (CI lower bound) |", "|---|---|---|---|---|---|---|---|"]
+    for h, e in t.items():
+        b = e["strongest_baseline"]
+        ci = e["ci95"]
+        lines.append(f"| {h} | {e['metric']} | {e['point']['model']:.4f} [{ci['model'][0]:.4f}, {ci['model'][1]:.4f}] | "
+                     f"{b} | {e['point'][b]:.4f} [{ci[b][0]:.4f}, {ci[b][1]:.4f}] | {e['gain']:+.4f} "
+                     f"[{e['gain_ci95'][0]:+.4f}, {e['gain_ci95'][1]:+.4f}] | {'yes' if e['met'] else 'no'} | "
+                     f"{'yes' if e['met_at_ci_lower_bound'] else 'no'} |")
     na = m["next_action"]
+    rv = na["model_decision_rule_val_macro_f1"]
+    lines += ["", f"Next action: the model's decision rule (`{na['model_decision_rule']}`) was chosen on validation "
+              f"users (val macro-F1 argmax {rv['argmax']:.4f}, argmax of p / train prior {rv['prior_corrected']:.4f}); "
+              "the strongest baseline is the best of all baseline rows below on test (favours the baselines)."]
     lines += ["", f"Next action (n={na['n']}, classes scored: {', '.join(na['labels_scored'])}):", "",
               "| predictor | accuracy | macro-F1 |", "|---|---:|---:|"]
     for key, label in (("model_argmax", "model, argmax"),
                        ("model_prior_corrected_argmax", "model, argmax of p / train prior"),
+                       ("sequence_only_prior_corrected_argmax", "sequence model alone, argmax of p / train prior"),
+                       ("logistic_argmax", "logistic baseline, argmax"),
+                       ("logistic_prior_corrected", "logistic baseline, argmax of p / train prior"),
+                       ("hgb_argmax", "gradient-boosted baseline, argmax"),
+                       ("hgb_prior_corrected", "gradient-boosted baseline, argmax of p / train prior"),
                        ("markov_first_order", "first-order Markov rule (fit on train)"),
                        ("majority_class", "always `view`")):
         lines.append(f"| {label} | {na[key]['accuracy']:.4f} | {na[key]['macro_f1']:.4f} |")
-    lines.append(f"\nNext-action log loss: model {na['log_loss']:.4f} vs train prior {na['log_loss_train_prior']:.4f}.")
+    lines.append(f"\nNext-action log loss: model {na['log_loss']:.4f}, sequence only {na['log_loss_sequence_only']:.4f}, "
+                 f"logistic {na['log_loss_logistic']:.4f}, gradient-boosted {na['log_loss_hgb']:.4f}, "
+                 f"train prior {na['log_loss_train_prior']:.4f}.")
     c = m["category"]
     lines += ["", f"Next category (n={c['n']}; next category present in the 50-event window: "
               f"{c['next_cat_in_window_rate']:.3f}):", "",
@@ -540,6 +711,24 @@ def metrics_markdown(report) -> str:
               f"| most recent 3 distinct categories in window | {c['baseline_recency_hit_at_3']:.4f} |",
               f"| 3 most frequent categories in window | {c['baseline_frequency_hit_at_3']:.4f} |",
               f"| model, only events whose next category is in the window | {c['hit_at_3_given_in_window']:.4f} |"]
+    lines += ["", "Transfer (the shipped graph, no retraining; canonical mapping of `jobs/datasets.py`; same label "
+              "definitions, censored at each dataset's own end):", "",
+              "| dataset | users | events | span (h) | head | n | positives | base rate | ROC-AUC |",
+              "|---|---:|---:|---:|---|---:|---:|---:|---:|"]
+    for name, tr in report.get("transfer", {}).items():
+        for h, e in tr["heads"].items():
+            auc = f"{e['roc_auc']:.4f}" if "roc_auc" in e else "n/a: " + e.get("not_defined", "")
+            if "roc_auc_price_withheld" in e:
+                auc += f" (price withheld: {e['roc_auc_price_withheld']:.4f})"
+            rate = f"{e['base_rate']:.4f}" if e["base_rate"] is not None else "–"
+            lines.append(f"| {name} | {tr['users']} | {tr['events']} | {tr['span_hours']:.2f} | {h} | {e['n']} | "
+                         f"{e['positives']} | {rate} | {auc} |")
+    lines += ["", "| dataset | next action n | macro-F1 model (argmax of p / train prior) | model argmax | always view | "
+              "log loss |", "|---|---:|---:|---:|---:|---:|"]
+    for name, tr in report.get("transfer", {}).items():
+        na = tr["next_action"]
+        lines.append(f"| {name} | {na['n']} | {na['model_prior_corrected_macro_f1']:.4f} | "
+                     f"{na['model_argmax_macro_f1']:.4f} | {na['always_view_macro_f1']:.4f} | {na['log_loss']:.4f} |")
     return "\n".join(lines) + "\n"
 
 
@@ -558,6 +747,9 @@ def main(argv=None):
     ap.add_argument("--set", action="append", default=[], metavar="FIELD=VALUE",
                     help="override any Config field, e.g. --set dropout=0.2 (repeatable)")
     ap.add_argument("--no-progress", action="store_true")
+    ap.add_argument("--transfer", nargs="*", default=["rees46", "jdata", "jdata-201603"],
+                    help="jobs.datasets names to score with the exported graph (data dir: $INTENTFLOW_DATA or "
+                         "<repo>/../shared/data)")
     args = ap.parse_args(argv)
 
     cfg = Config(epochs=args.epochs, hidden=args.hidden, seed=args.seed, threads=args.threads)
@@ -582,10 +774,10 @@ def main(argv=None):
 
     # ---- data ------------------------------------------------------------------------------
     print(f"[data] {args.data}")
-    df, data_info = load_events(args.data)
+    cols, data_info = load_taobao(args.data)
     data_info["sha256"] = sha256_file(args.data)
     data_info["path_name"] = args.data.name
-    D = build_arrays(df, N)
+    D = build_arrays(cols, N)
     n_users = len(D["user_ids"])
     split = np.array([user_split(int(u), cfg.split_salt) for u in D["user_ids"]])
     users = {s: np.flatnonzero(split == s) for s in ("train", "val", "test")}
@@ -711,8 +903,9 @@ def main(argv=None):
     print(f"[pointer] val category loss {ptr_hist[0]:.4f} -> {ptr_best:.4f} (best stage-2 epoch {ptr_best_epoch}, "
           f"{timings['pointer_finetune_s']} s)")
 
-    # ---- calibration on validation -------------------------------------------------------------
+    # ---- calibration of the sequence model alone, on validation (reported as "sequence_only") ----
     from sklearn.linear_model import LogisticRegression
+    present = sorted(set(D["next_type"][D["has_next"] & (ev_split == "train")].tolist()))
     pv = predict(net, D, users["val"])
     cal_a, cal_b = np.ones(len(BINARY_HEADS)), np.zeros(len(BINARY_HEADS))
     for j, hname in enumerate(BINARY_HEADS):
@@ -727,38 +920,72 @@ def main(argv=None):
     temps = np.exp(np.linspace(np.log(0.5), np.log(3.0), 121))
     nll = [-np.mean(np.log(softmax(z / t)[np.arange(len(yv)), yv] + 1e-12)) for t in temps]
     cal_t = float(temps[int(np.argmin(nll))])
-    net.cal_a.copy_(torch.tensor(cal_a, dtype=torch.float32))
-    net.cal_b.copy_(torch.tensor(cal_b, dtype=torch.float32))
-    net.cal_t.fill_(cal_t)
-    calibration = {"method": "Platt per binary head (a*logit+b) and softmax temperature, fit on validation users",
-                   "a": dict(zip(BINARY_HEADS, map(float, cal_a))), "b": dict(zip(BINARY_HEADS, map(float, cal_b))),
-                   "next_action_temperature": cal_t}
+
+    # ---- baselines on hand-made aggregate features, and their linear model fused into the graph ----
+    t_base = time.time()
+    feats = compute_features(net, D)
+    tr_ev = ev_split == "train"
+    mu, sd = feats[tr_ev].mean(0), feats[tr_ev].std(0)
+    sd = np.where(sd < 1e-6, 1.0, sd)
+    Z = (feats - mu) / sd
+    base_scores, lin, base_info = fit_baselines(feats, Z, D, ev_split, present, cfg.seed)
+    lin_bin = Z @ lin["w"] + lin["b"]
+    lin_na_lp = log_softmax(Z @ lin["na_w"] + lin["na_b"])
+    fus = fit_fusion(pv["bin"], pv["na"], lin_bin, lin_na_lp, D, ev_split == "val", present)
+    for name, val in (("feat_mu", mu), ("feat_sd", sd), ("lin_w", lin["w"]), ("lin_b", lin["b"]),
+                      ("lin_na_w", lin["na_w"]), ("lin_na_b", lin["na_b"]), ("cal_a", fus["a"]), ("cal_f", fus["f"]),
+                      ("cal_b", fus["b"]), ("na_b", fus["na_b"])):
+        getattr(net, name).copy_(torch.tensor(val, dtype=torch.float32))
+    net.cal_t.fill_(1.0 / fus["na_a"])
+    net.na_f.fill_(fus["na_f"])
+    timings["baselines_fusion_s"] = round(time.time() - t_base, 2)
+    calibration = {"method": "fused: per binary head sigmoid(a*seq_logit + f*linear_logit + b); next action "
+                             "softmax(seq_logits/T + f*linear_log_probs + b); all fit on validation users",
+                   "a": dict(zip(BINARY_HEADS, map(float, fus["a"]))), "f": dict(zip(BINARY_HEADS, map(float, fus["f"]))),
+                   "b": dict(zip(BINARY_HEADS, map(float, fus["b"]))), "next_action_temperature": 1.0 / fus["na_a"],
+                   "next_action_linear_weight": fus["na_f"],
+                   "next_action_bias": {contract.EVENT_TYPES[c - 1]: float(fus["na_b"][c - 1]) for c in present},
+                   "next_action_val_nll": fus["val_nll_next_action"],
+                   "sequence_only": {"method": "Platt per binary head (a*logit+b) and softmax temperature, "
+                                               "fit on validation users",
+                                     "a": dict(zip(BINARY_HEADS, map(float, cal_a))),
+                                     "b": dict(zip(BINARY_HEADS, map(float, cal_b))), "next_action_temperature": cal_t}}
 
     # ---- test metrics --------------------------------------------------------------------------
-    from sklearn.metrics import (accuracy_score, average_precision_score, brier_score_loss, f1_score,
-                                 roc_auc_score)
+    from sklearn.metrics import accuracy_score, brier_score_loss, f1_score
     pt = predict(net, D, users["test"])
     sel_t = pt["sel"]
-    metrics = {"binary": {}, "next_action": {}, "category": {}}
+    fused_bin = pt["bin"] * fus["a"] + lin_bin * fus["f"] + fus["b"]
+    fused_na = softmax(pt["na"] / (1.0 / fus["na_a"]) + lin_na_lp * fus["na_f"] + fus["na_b"])
+    test_user_ids = sorted(int(u) for u in D["user_ids"][users["test"]])
+    test_users_sha = hashlib.sha256(",".join(map(str, test_user_ids)).encode()).hexdigest()
+    metrics = {"binary": {}, "next_action": {}, "category": {}, "binary_by_predictor": {}, "targets": {},
+               "test_users_sha256": test_users_sha}
     curves = {}
     for j, hname in enumerate(BINARY_HEADS):
         m = D["m_" + hname] & sel_t
         y = D["y_" + hname][m]
-        p = sigmoid(pt["bin"][m, j] * cal_a[j] + cal_b[j])
+        p = sigmoid(fused_bin[m, j])
         p_raw = sigmoid(pt["bin"][m, j])
         ent = {"n": int(m.sum()), "positives": int(y.sum()), "base_rate": float(y.mean()) if len(y) else None}
         if 0 < y.sum() < len(y):
-            ent.update(roc_auc=float(roc_auc_score(y, p)), pr_auc=float(average_precision_score(y, p)),
-                       brier=float(brier_score_loss(y, p)), brier_base_rate=float(brier_score_loss(y, np.full_like(p, y.mean()))),
-                       ece=float(ece(y, p)), ece_uncalibrated=float(ece(y, p_raw)), mean_pred=float(p.mean()))
-            curves[hname] = (y, p)
+            preds = {"model": p, "sequence_only": sigmoid(pt["bin"][m, j] * cal_a[j] + cal_b[j]),
+                     "linear_part_of_model": sigmoid(lin_bin[m, j]),
+                     "logistic": sigmoid(base_scores["logistic"][hname][m]), "hgb": base_scores["hgb"][hname][m]}
+            ent.update(binary_metrics(y, p), brier_base_rate=float(brier_score_loss(y, np.full_like(p, y.mean()))),
+                       ece_uncalibrated=float(ece(y, p_raw)))
+            metrics["binary_by_predictor"][hname] = {
+                "n": ent["n"], "test_users_sha256": test_users_sha, "base_rate": {"roc_auc": 0.5},
+                **{k: binary_metrics(y, v) for k, v in preds.items() if k != "model"}}
+            metrics["targets"][hname] = target_check(D["user_of"][m], y, preds, "model", ["logistic", "hgb"],
+                                                     "roc_auc", 0.05, reps=1000, seed=cfg.seed)
+            curves[hname] = (y, preds)
         metrics["binary"][hname] = ent
     # next action
     hn = D["has_next"] & sel_t
     y = D["next_type"][hn]
-    pna = softmax(pt["na"][hn] / cal_t)
+    pna = fused_na[hn]
     pred = pna.argmax(1) + 1
-    present = sorted(set(D["next_type"][D["has_next"] & (ev_split == "train")].tolist()))
     # first-order Markov baseline fit on train
     htr = D["has_next"] & (ev_split == "train")
     trans = np.zeros((N_TYPES + 1, N_TYPES + 1))
@@ -768,27 +995,54 @@ def main(argv=None):
     # balanced decision rule (argmax of p / train prior) -- reported for macro-F1 only
     prior = np.array([max(np.mean(D["next_type"][htr] == c), 1e-6) for c in range(1, N_TYPES + 1)])
     seen = np.isin(np.arange(1, N_TYPES + 1), present)
-    pred_bal = np.where(seen, pna / prior, -1.0).argmax(1) + 1
+
+    def balanced(p):
+        return np.where(seen, p / prior, -1.0).argmax(1) + 1
+    pred_bal = balanced(pna)
+    # the model's decision rule (argmax, or argmax of p / train prior) is chosen on validation users
+    hv = D["has_next"] & (ev_split == "val")
+    pna_val = softmax(pv["na"][hv] / (1.0 / fus["na_a"]) + lin_na_lp[hv] * fus["na_f"] + fus["na_b"])
+    yv = D["next_type"][hv]
+    rule_val = {"argmax": im.macro_f1(yv, pna_val.argmax(1) + 1, present),
+                "prior_corrected": im.macro_f1(yv, balanced(pna_val), present)}
+    model_rule = max(rule_val, key=rule_val.get)
     nll = float(-np.mean(np.log(pna[np.arange(len(y)), y - 1] + 1e-12)))
     prior_nll = float(-np.mean(np.log(prior[y - 1])))
+
+    def acc_f1(pr):
+        return {"accuracy": float(accuracy_score(y, pr)),
+                "macro_f1": float(f1_score(y, pr, labels=present, average="macro", zero_division=0))}
+    p_seq = softmax(pt["na"][hn] / cal_t)
+    p_lr, p_hgb = base_scores["logistic"]["next_action"][hn], base_scores["hgb"]["next_action"][hn]
+    na_preds = {"model": pred if model_rule == "argmax" else pred_bal,
+                "model_other_rule": pred_bal if model_rule == "argmax" else pred, "sequence_only": balanced(p_seq),
+                "logistic_argmax": p_lr.argmax(1) + 1, "logistic_prior_corrected": balanced(p_lr),
+                "hgb_argmax": p_hgb.argmax(1) + 1, "hgb_prior_corrected": balanced(p_hgb),
+                "markov_first_order": pred_mk, "majority_class": np.full_like(y, T_VIEW)}
     metrics["next_action"] = {
         "n": int(hn.sum()), "labels_scored": [contract.EVENT_TYPES[c - 1] for c in present],
-        "model_argmax": {"accuracy": float(accuracy_score(y, pred)),
-                         "macro_f1": float(f1_score(y, pred, labels=present, average="macro", zero_division=0))},
-        "model_prior_corrected_argmax": {"accuracy": float(accuracy_score(y, pred_bal)),
-                                         "macro_f1": float(f1_score(y, pred_bal, labels=present, average="macro", zero_division=0))},
+        "test_users_sha256": test_users_sha,
+        "model_decision_rule": model_rule, "model_decision_rule_val_macro_f1": rule_val,
+        "model_argmax": acc_f1(pred), "model_prior_corrected_argmax": acc_f1(pred_bal),
+        "sequence_only_prior_corrected_argmax": acc_f1(na_preds["sequence_only"]),
         "markov_first_order": {"rule": {contract.EVENT_TYPES[k - 1]: contract.EVENT_TYPES[v - 1] for k, v in markov_rule.items()
-                                        if trans[k].sum() > 0},
-                               "accuracy": float(accuracy_score(y, pred_mk)),
-                               "macro_f1": float(f1_score(y, pred_mk, labels=present, average="macro", zero_division=0))},
-        "majority_class": {"accuracy": float(np.mean(y == T_VIEW)),
-                           "macro_f1": float(f1_score(y, np.full_like(y, T_VIEW), labels=present, average="macro", zero_division=0))},
+                                        if trans[k].sum() > 0}, **acc_f1(pred_mk)},
+        "majority_class": acc_f1(na_preds["majority_class"]),
+        **{k: acc_f1(na_preds[k]) for k in ("logistic_argmax", "logistic_prior_corrected", "hgb_argmax",
+                                            "hgb_prior_corrected")},
         "log_loss": nll, "log_loss_train_prior": prior_nll,
+        "log_loss_sequence_only": float(-np.mean(np.log(p_seq[np.arange(len(y)), y - 1] + 1e-12))),
+        "log_loss_logistic": float(-np.mean(np.log(p_lr[np.arange(len(y)), y - 1] + 1e-12))),
+        "log_loss_hgb": float(-np.mean(np.log(p_hgb[np.arange(len(y)), y - 1] + 1e-12))),
         "per_class_f1_model_argmax": {contract.EVENT_TYPES[c - 1]: float(v) for c, v in
                                       zip(present, f1_score(y, pred, labels=present, average=None, zero_division=0))},
         "per_class_f1_prior_corrected": {contract.EVENT_TYPES[c - 1]: float(v) for c, v in
                                          zip(present, f1_score(y, pred_bal, labels=present, average=None, zero_division=0))},
     }
+    metrics["targets"]["next_action"] = target_check(
+        D["user_of"][hn], y, na_preds, "model",
+        ["logistic_argmax", "logistic_prior_corrected", "hgb_argmax", "hgb_prior_corrected", "markov_first_order",
+         "majority_class"], "macro_f1", 0.05, reps=1000, seed=cfg.seed, labels=present)
     # category hit@3
     ev_idx = np.flatnonzero(hn)
     hits = {"model": 0, "recency": 0, "frequency": 0}
@@ -832,15 +1086,23 @@ def main(argv=None):
             if hname not in curves:
                 ax.set_title(f"{hname}: no positives on test")
                 continue
-            y, p = curves[hname]
+            y, preds = curves[hname]
+            p = preds["model"]
+            others = metrics["binary_by_predictor"][hname]
             if kind == "roc":
                 fpr, tpr, _ = roc_curve(y, p)
                 ax.plot(fpr, tpr, label=f"model AUC={ent['roc_auc']:.3f}")
+                for k in ("logistic", "hgb"):
+                    fpr, tpr, _ = roc_curve(y, preds[k])
+                    ax.plot(fpr, tpr, lw=0.9, label=f"{k} baseline AUC={others[k]['roc_auc']:.3f}")
                 ax.plot([0, 1], [0, 1], "k--", lw=0.8, label="chance")
                 ax.set_xlabel("false positive rate"); ax.set_ylabel("true positive rate")
             elif kind == "pr":
                 pr, rc, _ = precision_recall_curve(y, p)
                 ax.plot(rc, pr, label=f"model AP={ent['pr_auc']:.3f}")
+                for k in ("logistic", "hgb"):
+                    pr, rc, _ = precision_recall_curve(y, preds[k])
+                    ax.plot(rc, pr, lw=0.9, label=f"{k} baseline AP={others[k]['pr_auc']:.3f}")
                 ax.axhline(ent["base_rate"], color="k", ls="--", lw=0.8, label=f"base rate {ent['base_rate']:.3f}")
                 ax.set_xlabel("recall"); ax.set_ylabel("precision")
             else:
@@ -899,7 +1161,7 @@ def main(argv=None):
         picks.append(int(cand[0]))
     with torch.no_grad():
         idx, h_seq, b, na, p, vb = seq_forward(net, D, picks)
-        probs_s, na_s, cs_s = net.finalize(b, na, p, vb)
+        probs_s, na_s, cs_s = net.finalize(b, na, p, vb, net.fusion_features(*batch_tensors(D, idx)))
     expected = {"h_next": h_seq.numpy(), "next_action": na_s.numpy(), "category_scores": cs_s.numpy()}
     for j, hname in enumerate(BINARY_HEADS):
         expected[hname] = probs_s[:, j].numpy()
@@ -932,6 +1194,14 @@ def main(argv=None):
         sess.run(out_names, feeds)
     steps_per_s = reps * len(bi) / (time.time() - tt)
 
+    # ---- transfer: the exported graph on the other datasets (canonical mapping, same labels) -----
+    t_tr = time.time()
+    transfer = {}
+    for name in args.transfer:
+        print(f"[transfer] {name}")
+        transfer[name] = transfer_eval(sess, name, cfg.hidden, N, prior, present)
+    timings["transfer_s"] = round(time.time() - t_tr, 2)
+
     # ---- report --------------------------------------------------------------------------------
     timings["total_s"] = round(time.time() - t0, 2)
     report = {
@@ -949,7 +1219,16 @@ def main(argv=None):
         },
         "split": {"method": f"sha256('{cfg.split_salt}:'+user_id) % 100: <70 train, <85 val, else test",
                   **split_info},
-        "calibration": calibration, "test_metrics": metrics,
+        "split_test_user_ids": test_user_ids,
+        "baselines": {"features": fusion_feature_names(),
+                      "feature_source": "IntentNet.fusion_features: the raw window ending at the event (its past "
+                                        "and itself only) + user_stats, i.e. exactly the graph's inputs",
+                      "logistic": "sklearn LogisticRegression(C=1) on features standardised with train-user "
+                                  "mean/sd, fit on train users",
+                      "hgb": "sklearn HistGradientBoostingClassifier(lr 0.05, 15 leaves, min leaf 40, l2 1), fit on "
+                             "train users, number of trees chosen by validation-user log loss",
+                      "split": "same user-disjoint split as the model", "fit": base_info},
+        "calibration": calibration, "test_metrics": metrics, "transfer": transfer,
         "training": {"best_epoch": best_epoch, "best_val_loss": best, "history": history,
                      "pointer_finetune": {"val_category_loss_by_epoch": ptr_hist, "best_epoch": ptr_best_epoch}},
         "export": {"onnx_bytes": onnx_path.stat().st_size, "onnx_sha256": sha256_file(onnx_path),
