@@ -65,6 +65,8 @@ class BenchOptions:
     device: str = "auto"
     batch_sizes: tuple[int, ...] = DEFAULT_BATCH_SIZES
     model_min_s: float = 1.0
+    python: bool = True               # the Python-path ceiling: the scorer's own work without PyFlink
+    python_s: float = 20.0
     scorer_metrics: bool = True       # read the scorer's batch counters (waits up to ~10 s per phase for REST)
     profile_s: float = 0.0            # >0: py-spy the TaskManager's Python for this long in the job's peak phase
     dataset: str = "taobao-sample"
@@ -1016,6 +1018,86 @@ def model_ceiling(cfg: IntentFlowConfig, base_events: Sequence[dict], device: st
             "best_sequences_per_s": best["sequences_per_s"], "best_batch": best["batch"]}
 
 
+def python_ceiling(cfg: IntentFlowConfig, pool: LoadPool, seconds: float = 20.0, batch: int = 128,
+                   device: str = "cpu") -> dict:
+    """Events/s of the job's own Python work per record, without PyFlink, on the pool's records.
+
+    Per record what the two Python operators do: Avro decode + validation, the user's state read
+    and written in its stored (pickled) form, the duplicate check, appending as pending; every
+    ``batch`` events one batched ``IntentEngine.score`` of the waiting users, then routing, Avro
+    encoding of the outputs and the settled state written back. A dict stands in for RocksDB and
+    there are no timers, JNI calls or row conversions: the gap between this and the job is what
+    the PyFlink record bridge costs.
+    """
+    import pickle
+
+    from schemas import EVENTS_SUBJECT, SchemaStore
+    from udfs.decode import DeadLetters, parse_event
+    from udfs.model import IntentModel
+    from udfs.scoring import IntentEngine, IntentRouter, publish, score_users
+    from udfs.state import UserState
+
+    store = SchemaStore()
+    decode = store.decoder(EVENTS_SUBJECT).decode
+    model = IntentModel(cfg.model.resolved_path(), device, cfg.model.intra_op_threads,
+                        expected_window=cfg.scoring.sequence_length)
+    engine, router = IntentEngine(model, cfg.scoring), IntentRouter(cfg.scoring, store, model.version)
+    dead_letters, window = DeadLetters(store), model.window
+    stored: dict[str, bytes] = {}
+    dumps, loads, proto = pickle.dumps, pickle.loads, pickle.HIGHEST_PROTOCOL
+    waiting: dict[str, UserState] = {}
+    pending = events = outputs = batches = 0
+    t_decode = t_state = t_score = t_publish = 0.0
+    clock = time.perf_counter
+    started = clock()
+    deadline = started + seconds
+
+    def flush() -> None:
+        nonlocal outputs, batches, t_score, t_publish
+        t0 = clock()
+        users = list(waiting)
+        scored = score_users(engine, [waiting[u] for u in users], users)
+        t1 = clock()
+        for user in users:
+            outputs += sum(1 for _ in publish(user, scored[user], router, dead_letters, "bench", window))
+            stored[user] = dumps(scored[user][0].to_value(), proto)
+        waiting.clear()
+        batches += 1
+        t_score, t_publish = t_score + t1 - t0, t_publish + clock() - t1
+
+    for offset, value in enumerate(pool.values):
+        if events % 1024 == 0 and clock() >= deadline:
+            break
+        t0 = clock()
+        ev = parse_event(decode(value), 0, offset)
+        t1 = clock()
+        st = waiting.get(ev.user_id)
+        if st is None:
+            raw = stored.get(ev.user_id)
+            st = UserState.from_value(loads(raw)) if raw is not None else UserState()
+        events += 1
+        if not st.seen(ev.event_id):
+            engine.add(st, ev)
+            stored[ev.user_id] = dumps(st.to_value(), proto)   # pending, before the batch (as the job)
+            waiting[ev.user_id] = st
+            pending += 1
+        t_decode, t_state = t_decode + t1 - t0, t_state + clock() - t1
+        if pending >= batch:
+            flush()
+            pending = 0
+    if waiting:
+        flush()
+    elapsed = clock() - started
+    per_event = {name: round(1e6 * t / max(events, 1), 1) for name, t in (
+        ("decode_validate", t_decode), ("state_pickle_append", t_state), ("score_batch", t_score),
+        ("route_encode_settle", t_publish))}
+    return {"events": events, "outputs": outputs, "batches": batches, "batch_events": batch,
+            "seconds": round(elapsed, 2), "events_per_s": round(events / elapsed, 1) if elapsed else None,
+            "us_per_event": per_event, "provider": model.provider,
+            "how": "the job's Python work per record (decode, pickled state read/write, dedupe, batched "
+                   "score, route + encode) in one process, a dict for RocksDB, no PyFlink"}
+
+
 def sequences_per_s_at(model: dict, batch: float | None) -> float | None:
     """The model ceiling at the batch size the job actually used (nearest measured size at or below)."""
     if not model or not batch:
@@ -1067,7 +1149,8 @@ def _read_lines(path: str) -> list[str]:
 
 
 def build_document(run: str, machine: dict, cfg: IntentFlowConfig, opts: BenchOptions, pool: LoadPool | None,
-                   targets: dict, model: dict | None, started: float, finished: float) -> dict:
+                   targets: dict, model: dict | None, started: float, finished: float,
+                   python: dict | None = None) -> dict:
     """The one JSON document of a run: what ran where, every figure, and the ratios to the ceilings."""
     job = targets.get("job", {})
     engine = targets.get("engine", {})
@@ -1086,10 +1169,12 @@ def build_document(run: str, machine: dict, cfg: IntentFlowConfig, opts: BenchOp
             "events_in_pool": len(pool), "encode_s": round(pool.encode_s, 1)},
         "targets": targets,
         "model_ceiling": model,
+        "python_ceiling": python,
         "ratios": {
             "job_to_engine_ceiling": ratio(jpeak, epeak),
             "job_to_model_ceiling_best": ratio(jpeak, (model or {}).get("best_sequences_per_s")),
             "job_to_model_ceiling_at_job_batch": ratio(jpeak, sequences_per_s_at(model or {}, jbatch)),
+            "job_to_python_ceiling": ratio(jpeak, (python or {}).get("events_per_s")),
         },
         "targets_from_issue": {"events_per_s_min": 30_000, "p99_ms_max_at_half_peak": 250,
                                "state_bytes_per_user_max": 2048},
@@ -1121,6 +1206,10 @@ def format_table(doc: dict) -> str:
         m = doc["model_ceiling"]
         lines.append(f"model ceiling ({m['provider']}, 1 thread): " + ", ".join(
             f"b{r['batch']}={r['sequences_per_s']:,.0f}/s" for r in m["batches"]))
+    if doc.get("python_ceiling"):
+        p = doc["python_ceiling"]
+        lines.append(f"Python-path ceiling (no PyFlink): {p['events_per_s']:,.0f} events/s; us/event " + ", ".join(
+            f"{k}={v}" for k, v in p["us_per_event"].items()))
     lines.append("ratios: " + ", ".join(f"{k}={_fmt(v)}" for k, v in doc["ratios"].items()))
     return "\n".join(lines)
 
@@ -1167,7 +1256,7 @@ def run_bench(cfg: IntentFlowConfig, opts: BenchOptions, out: Callable[[str], No
                               lambda: submit_engine(jcfg, run, f"{run}.engine.events", f"{run}.engine.out", env),
                               topics=[f"{run}.engine.events", f"{run}.engine.out"]))
     results: dict = {}
-    model = None
+    model = python = None
     previous = signal.signal(signal.SIGTERM, _raise_interrupt)
     try:
         for target in targets:
@@ -1178,10 +1267,14 @@ def run_bench(cfg: IntentFlowConfig, opts: BenchOptions, out: Callable[[str], No
         if opts.model:
             out(f"[bench] model ceiling, device {opts.device}, batches {list(opts.batch_sizes)}")
             model = model_ceiling(cfg, base, opts.device, opts.batch_sizes, opts.model_min_s)
+        if opts.python:
+            out(f"[bench] Python-path ceiling ({opts.python_s:.0f} s, no PyFlink, batches as the job's peak)")
+            job_batch = results.get("job", {}).get("phases", {}).get("peak", {}).get("avg_inference_batch")
+            python = python_ceiling(cfg, pool, opts.python_s, batch=round(job_batch) if job_batch else 128)
     finally:
         signal.signal(signal.SIGTERM, previous)
     machine["loadavg_end"] = os.getloadavg()
-    return build_document(run, machine, jcfg, opts, pool, results, model, started, time.time())
+    return build_document(run, machine, jcfg, opts, pool, results, model, started, time.time(), python)
 
 
 def _raise_interrupt(signum, frame):

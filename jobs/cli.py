@@ -234,6 +234,8 @@ def _bench_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--partitions", type=int, default=d.partitions, help="partitions of the run's topics")
     p.add_argument("--no-engine", action="store_true", help="skip the engine ceiling (SQL job without Python)")
     p.add_argument("--no-model", action="store_true", help="skip the model ceiling")
+    p.add_argument("--no-python", action="store_true", help="skip the Python-path ceiling (scorer work without PyFlink)")
+    p.add_argument("--python-s", type=float, default=d.python_s, help="seconds of the Python-path ceiling")
     p.add_argument("--device", default=d.device, choices=("auto", "cpu", "cuda"), help="model ceiling device")
     p.add_argument("--batch-sizes", default=",".join(map(str, DEFAULT_BATCH_SIZES)), help="model ceiling batch sizes")
     p.add_argument("--model-min-s", type=float, default=d.model_min_s, help="seconds per model batch size")
@@ -251,7 +253,8 @@ def _bench(args: argparse.Namespace, cfg: IntentFlowConfig) -> int:
     opts = BenchOptions(users=args.users, max_events=args.max_events, peak_s=args.peak_s, fixed_s=args.fixed_s,
                         rate_fraction=args.rate_fraction, warmup_s=args.warmup_s, backlog_s=args.backlog_s,
                         drain_timeout_s=args.drain_timeout, partitions=args.partitions,
-                        engine=not args.no_engine, model=not args.no_model, device=args.device,
+                        engine=not args.no_engine, model=not args.no_model,
+                        python=not args.no_python, python_s=args.python_s, device=args.device,
                         batch_sizes=tuple(int(b) for b in args.batch_sizes.split(",") if b.strip()),
                         model_min_s=args.model_min_s, profile_s=args.profile_s, dataset=args.dataset,
                         label=args.label, note=args.note,

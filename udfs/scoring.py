@@ -51,6 +51,7 @@ class IntentEngine:
         self.hidden = model.hidden
         self.top_k = cfg.top_categories
         self._zeros_h = np.zeros(self.hidden, dtype=np.float32)
+        self._category_names: dict[int, str] = {}   # crc32 -> category id, shared by all users
 
     def add(self, st: UserState, event) -> None:
         """Append a decoded event (udfs.decode.EVENT_FIELDS order) to the user's state as pending."""
@@ -66,22 +67,25 @@ class IntentEngine:
         n = len(states)
         h = np.stack([self._h(st) for st in states])
         arrays = [st.window_array() for st in states]
+        cats = [a["cat"] for a in arrays]
         results: list[list[Scored]] = [[] for _ in range(n)]
-        names: list[dict[int, str] | None] = [None] * n   # crc -> category id, built once per state
         rounds = max((len(st.pending) for st in states), default=0)
         for r in range(rounds):
             rows = [i for i in range(n) if len(states[i].pending) > r]
             feeds, spans = self._feeds(states, arrays, rows, r, h)
             out = self._run_chunked(feeds)
             h[rows] = out["h_next"]
+            # Columns to Python once per round, not one NumPy scalar per field and row.
+            buy_session, buy_24h = out["p_buy_session"].tolist(), out["p_buy_24h"].tolist()
+            cart_abandon, no_return = out["p_cart_abandon"].tolist(), out["p_no_return_48h"].tolist()
+            next_action = out["next_action"].tolist()
+            ranked = np.argsort(-out["category_scores"], axis=1, kind="stable").tolist()
             for j, i in enumerate(rows):
                 st, (start, end) = states[i], spans[j]
                 results[i].append(Scored(
-                    st.pending[r],
-                    float(out["p_buy_session"][j]), float(out["p_buy_24h"][j]),
-                    float(out["p_cart_abandon"][j]), float(out["p_no_return_48h"][j]),
-                    tuple(out["next_action"][j].tolist()),
-                    self._top_categories(st, i, names, arrays[i][start:end]["cat"], out["category_scores"][j]),
+                    st.pending[r], buy_session[j], buy_24h[j], cart_abandon[j], no_return[j],
+                    tuple(next_action[j]),
+                    self._top_categories(st, cats[i], start, end, ranked[j]),
                 ))
         for i, st in enumerate(states):
             if st.pending:
@@ -135,26 +139,37 @@ class IntentEngine:
         parts = [self.model.run({k: v[s:s + step] for k, v in feeds.items()}) for s in range(0, size, step)]
         return {k: np.concatenate([p[k] for p in parts]) for k in parts[0]}
 
-    def _top_categories(self, st: UserState, i: int, names_by_state: list, cats: np.ndarray,
-                        scores: np.ndarray) -> tuple[str, ...]:
-        """Best distinct categories of the window by the model's pointer score (max per category)."""
-        m = len(cats)
-        order = np.argsort(-scores[-m:], kind="stable") if m else ()
-        names = names_by_state[i]
+    def _top_categories(self, st: UserState, cats: np.ndarray, start: int, end: int,
+                        ranked: list[int]) -> tuple[str, ...]:
+        """Best distinct categories of the window ``cats[start:end]`` by the model's pointer score.
+
+        ``ranked`` is the row's positions by descending score (ties: earlier position first); the
+        window is right-aligned, so position ``p`` is event ``end - N + p``. Category names come
+        from an engine-wide crc -> name cache, checked against the user's own categories (a crc32
+        collision between two names falls back to the user's own map).
+        """
+        offset = end - self.window
         picked: list[str] = []
         seen: set[int] = set()
-        for pos in order:
-            c = int(cats[pos])
+        names = self._category_names
+        for pos in ranked:
+            at = offset + pos
+            if at < start:
+                continue                 # left padding of a short window
+            c = int(cats[at])
             if c == 0 or c in seen:
                 continue
             seen.add(c)
-            if names is None:
-                names = names_by_state[i] = st.category_names()
             name = names.get(c)
-            if name is not None:
-                picked.append(name)
-                if len(picked) == self.top_k:
-                    break
+            if name is None or name not in st.cats:
+                name = st.category_names().get(c)
+                if name is None:
+                    continue
+                if len(names) < 262_144:   # bounded: ids beyond it are looked up per user
+                    names[c] = name
+            picked.append(name)
+            if len(picked) == self.top_k:
+                break
         return tuple(picked)
 
 

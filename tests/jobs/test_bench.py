@@ -163,6 +163,17 @@ def test_model_ceiling_on_real_windows(base_events):
     assert bench.sequences_per_s_at(m, 6) == m["batches"][1]["sequences_per_s"]
 
 
+def test_python_ceiling_scores_every_record_of_the_pool(base_events):
+    """The no-PyFlink ceiling runs the job's own per-record work: one recommendation per event."""
+    pool = bench.build_pool(base_events, 300, "bench-py", 3_000)
+    p = bench.python_ceiling(load_config(), pool, seconds=60, batch=64)
+    assert p["events"] == len(pool) == 3_000
+    assert p["outputs"] >= p["events"]                     # + cart and churn records
+    assert p["batches"] >= 3_000 // 64
+    assert p["events_per_s"] > 0 and set(p["us_per_event"]) == {
+        "decode_validate", "state_pickle_append", "score_batch", "route_encode_settle"}
+
+
 def test_profile_breakdown_uses_the_leaf_most_category():
     lines = [
         "process (ops.py:1);SequenceScorer.on_timer (udfs/sequence.py:125);Session.run (ort.py:395) 60",
@@ -195,16 +206,17 @@ def test_document_shape_and_ratios(tmp_path):
              "best_sequences_per_s": 8000.0, "best_batch": 32}
     machine = bench.machine_description()
     opts = bench.BenchOptions(label="unit-test")
-    doc = bench.build_document("bench-x", machine, load_config(), opts, None, targets, model, 0.0, 10.0)
-    assert {"kind", "run", "label", "machine", "options", "config", "load", "targets", "model_ceiling", "ratios",
-            "targets_from_issue"} <= set(doc)
+    python = {"events_per_s": 2000.0, "us_per_event": {"decode_validate": 10.0}}
+    doc = bench.build_document("bench-x", machine, load_config(), opts, None, targets, model, 0.0, 10.0, python)
+    assert {"kind", "run", "label", "machine", "options", "config", "load", "targets", "model_ceiling",
+            "python_ceiling", "ratios", "targets_from_issue"} <= set(doc)
     assert {"cpu_model", "cores", "ram_gib", "os", "python", "apache_flink", "onnxruntime"} <= set(doc["machine"])
     assert doc["ratios"] == {"job_to_engine_ceiling": 0.25, "job_to_model_ceiling_best": 0.125,
-                             "job_to_model_ceiling_at_job_batch": 0.125}
+                             "job_to_model_ceiling_at_job_batch": 0.125, "job_to_python_ceiling": 0.5}
     path = bench.write_document(doc, tmp_path / "x.json")
     assert json.loads(path.read_text())["options"]["batch_sizes"] == list(bench.DEFAULT_BATCH_SIZES)
     table = bench.format_table(doc)
-    assert "job/peak" in table and "engine/peak" in table and "ratios" in table
+    assert "job/peak" in table and "engine/peak" in table and "ratios" in table and "Python-path" in table
     assert re.search(r"unit-test\.json$", str(bench.default_output("bench-x", "unit-test")))
 
 
