@@ -37,6 +37,7 @@ class JobCounters:
     duplicates: int = 0
     expired: int = 0       # users whose state the inactivity TTL dropped
     forgotten: int = 0     # forget requests carried out
+    late: int = 0          # events behind the watermark (scored like any other; counted, not a skip)
     dlq_by_reason: dict[str, int] = field(default_factory=dict)
 
     @property
@@ -70,7 +71,8 @@ def create_topics(cfg: IntentFlowConfig, partitions: int = 4) -> None:
 
 
 _COUNTER_FIELDS = {"events_in": "events_in", "events_decoded": "decoded", "events_scored": "scored",
-                   "skipped_duplicate": "duplicates", "users_expired": "expired", "users_forgotten": "forgotten"}
+                   "skipped_duplicate": "duplicates", "users_expired": "expired", "users_forgotten": "forgotten",
+                   "events_late": "late"}
 
 
 def job_counters(rest: FlinkRest, job_id: str) -> JobCounters:

@@ -1,4 +1,5 @@
-"""End to end: partitions that carry no data do not hold the event-time watermark back.
+"""End to end: partitions that carry no data do not hold the event-time watermark back, and
+late events follow the documented policy (scored like any other, counted as ``events_late``).
 
 The job runs with parallelism 2 on a 4-partition topic; the Kafka source gives partitions 0 and 2
 to one reader and 1 and 3 to the other. Real events go to partitions 0 and 2 only, so one reader
@@ -60,6 +61,35 @@ def test_idle_partitions_do_not_stall_the_watermark(stack, isolated_config):
         print(f"\n[idle] scorer event-time clock (min, max over subtasks) {seen}, expected {expected} "
               f"(max event time - {OUT_OF_ORDERNESS_MS} ms - 1)")
         assert seen == (expected, expected)
+    finally:
+        stack.cancel(job_id)
+        AdminClient({"bootstrap.servers": cfg.kafka.bootstrap_servers}).delete_topics(all_topics(cfg))
+
+
+def test_late_events_are_scored_and_counted(stack, isolated_config):
+    """Events far behind the watermark are still scored (one recommendation each), never dropped,
+    and the scorer's ``events_late`` counter counts exactly them."""
+    cfg = isolated_config("late", "flink.idle_source_timeout_ms=2000", f"flink.max_out_of_orderness_ms={OUT_OF_ORDERNESS_MS}")
+    create_topics(cfg, partitions=1)
+    on_time = time_ordered(read_events(*resolve_dataset("taobao-sample")))[:400]
+    watermark = max(e["event_time"] for e in on_time) - OUT_OF_ORDERNESS_MS - 1
+    late = [dict(e, event_id=f"{e['event_id']}-late") for e in on_time if e["event_time"] < watermark - 60_000][:20]
+    assert len(late) == 20
+    job_id = submit(cfg)
+    try:
+        assert produce_to(cfg, on_time, [0]) == len(on_time)
+        first = wait_accounted(stack, job_id, len(on_time), timeout_s=240)
+        assert (first.scored, first.late) == (len(on_time), 0)
+        vid = job_vertex(stack, job_id, SCORER_VERTEX)
+        deadline = time.time() + 90
+        while stack.operator_watermark(job_id, vid, SCORER_VERTEX) != (watermark, watermark):
+            assert time.time() < deadline, "the scorer's watermark did not reach the on-time events"
+            time.sleep(2)
+        assert produce_to(cfg, late, [0]) == len(late)
+        total = len(on_time) + len(late)
+        counters = wait_accounted(stack, job_id, total, timeout_s=120)
+        print(f"\n[late] {counters}")
+        assert (counters.events_in, counters.scored, counters.late, counters.dead_lettered) == (total, total, 20, 0)
     finally:
         stack.cancel(job_id)
         AdminClient({"bootstrap.servers": cfg.kafka.bootstrap_servers}).delete_topics(all_topics(cfg))
