@@ -16,10 +16,11 @@ import pytest
 from confluent_kafka import Producer
 from confluent_kafka.admin import AdminClient
 
+from jobs.consumers import read_topic
 from jobs.datasets import read_events, resolve_dataset, time_ordered
 from jobs.demo import SCORER_VERTEX, all_topics, create_topics, wait_accounted
 from jobs.flink import job_vertex, submit
-from schemas import EVENTS_SUBJECT, SchemaStore
+from schemas import EVENTS_SUBJECT, RECOMMENDATION_SUBJECT, SchemaStore
 
 pytestmark = pytest.mark.e2e
 EVENTS = 800
@@ -90,6 +91,13 @@ def test_late_events_are_scored_and_counted(stack, isolated_config):
         counters = wait_accounted(stack, job_id, total, timeout_s=120)
         print(f"\n[late] {counters}")
         assert (counters.events_in, counters.scored, counters.late, counters.dead_lettered) == (total, total, 20, 0)
+        deadline, recs = time.time() + 60, []
+        while time.time() < deadline:      # readable once the checkpoint after them commits
+            recs = read_topic(cfg, cfg.kafka.recommendation_topic, RECOMMENDATION_SUBJECT)
+            if len(recs) >= total:
+                break
+            time.sleep(2)
+        assert {r["event_id"] for r in recs} >= {e["event_id"] for e in late} and len(recs) == total
     finally:
         stack.cancel(job_id)
         AdminClient({"bootstrap.servers": cfg.kafka.bootstrap_servers}).delete_topics(all_topics(cfg))

@@ -28,18 +28,46 @@ from udfs.state import UserState
 pytestmark = pytest.mark.e2e
 SLICE = 3000          # the first 3,000 events (event-time order) of the real Taobao sample
 RESENT = 25           # the last 25 of them are sent twice: duplicates, skipped and counted
-EVOLVED = [           # (writer schema id, event): older (v0) and newer (v2) writers of the events subject
+EXTRA = [             # (writer schema id, event): older (v0) and newer (v2) writers of the events subject,
+                      # and a v1 event whose user id is beyond 64 bits (ids stay strings end to end)
+    (1, dict(event_id="big-id-1", user_id="184467440737095516161234567890", event_type="view", item_id="2268318",
+             category_id="2520377", price=None, query=None, session_id=None, event_time=1511544072000,
+             source="app-2.0")),
     (6, dict(event_id="evo-v0", user_id="evo-user-v0", event_type="add_to_cart", item_id="2268318",
              category_id="2520377", price=None, event_time=1511544070000, source="app-1.0")),
     (7, dict(event_id="evo-v2", user_id="evo-user-v2", event_type="view", item_id="2268318", category_id="2520377",
              price=12.5, query=None, session_id="s-1", event_time=1511544071000, source="app-3.0",
              device="ios", app_version="3.0.1")),
 ]
-MALFORMED = [         # (expected reason, key, value)
+
+
+def _invalid(reason: str, n: int, **change) -> tuple[str, bytes, bytes]:
+    """Well-framed Avro of the current schema whose content the job must refuse."""
+    event = dict(event_id=f"invalid-{n}", user_id=f"invalid-user-{n}", event_type="view", item_id="1",
+                 category_id="2", price=None, query=None, session_id=None, event_time=1511544073000, source="e2e")
+    event.update(change)
+    value = SchemaStore().encoder("events-value").encode(event)
+    if reason == "invalid_utf8":
+        value = value.replace(b"ZQZQ", b"\xff\xfe\xff\xfe")
+    return reason, f"bad-{n}".encode(), value
+
+
+MALFORMED = [         # (expected reason, key, value): every reason a producer can cause, through the real job
     ("bad_framing", b"bad-1", b"definitely not avro"),
     ("empty_value", b"bad-2", None),
-    ("unknown_schema_id", b"bad-3", b"\x00\x00\x00\x07\xd0\x02\x04"),
-    ("bad_avro", b"bad-4", b"\x00\x00\x00\x00\x01\xff\xff\xff\xff\xff"),
+    ("empty_value", b"bad-3", b""),
+    ("unknown_schema_id", b"bad-4", b"\x00\x00\x00\x07\xd0\x02\x04"),
+    ("bad_avro", b"bad-5", b"\x00\x00\x00\x00\x01\xff\xff\xff\xff\xff"),
+    _invalid("missing_user_id", 6, user_id=""),
+    _invalid("user_id_too_long", 7, user_id="u" * 129),
+    _invalid("missing_event_id", 8, event_id=""),
+    _invalid("field_too_long", 9, query="q" * 2049),
+    _invalid("invalid_utf8", 10, user_id="user-ZQZQ"),
+    _invalid("bad_event_time", 11, event_time=0),
+    _invalid("bad_event_time", 12, event_time=-5),
+    _invalid("bad_event_time", 13, event_time=1511544073),            # seconds, declared millis
+    _invalid("bad_event_time", 14, event_time=1511544073000000),      # micros
+    _invalid("bad_price", 15, price=float("nan")),
 ]
 
 
@@ -60,13 +88,13 @@ def run(stack, isolated_config):
         again = replay(cfg, events[-RESENT:], progress=False)
         assert again.delivered == RESENT
         store = SchemaStore()
-        for schema_id, event in EVOLVED:
+        for schema_id, event in EXTRA:
             produce_raw(cfg.kafka.bootstrap_servers, cfg.kafka.events_topic, event["user_id"],
                         store.encoder("events-value", schema_id).encode(event))
         for _, key, value in MALFORMED:
             produce_raw(cfg.kafka.bootstrap_servers, cfg.kafka.events_topic, key, value)
-        counters = wait_accounted(stack, job_id, SLICE + len(EVOLVED) + RESENT + len(MALFORMED), timeout_s=300)
-        events = events + [e for _, e in EVOLVED]
+        counters = wait_accounted(stack, job_id, SLICE + len(EXTRA) + RESENT + len(MALFORMED), timeout_s=300)
+        events = events + [e for _, e in EXTRA]
         # Wait for the checkpoint that commits the last transactions, then read everything.
         deadline = time.time() + 60
         while True:
@@ -75,7 +103,7 @@ def run(stack, isolated_config):
                 ("cart", cfg.kafka.cart_topic, CART_SUBJECT),
                 ("churn", cfg.kafka.churn_topic, CHURN_SUBJECT),
                 ("dlq", cfg.kafka.dlq_topic, DLQ_SUBJECT))}
-            if len(outputs["recommendation"]) >= SLICE + len(EVOLVED) or time.time() > deadline:
+            if len(outputs["recommendation"]) >= SLICE + len(EXTRA) or time.time() > deadline:
                 break
             time.sleep(2)
         yield cfg, stack, job_id, events, counters, outputs
@@ -95,10 +123,12 @@ def test_job_runs_with_named_operators(run):
 
 def test_accounting_invariant(run):
     _, _, _, _, counters, outputs = run
-    assert counters.events_in == SLICE + len(EVOLVED) + RESENT + len(MALFORMED)
-    assert counters.scored == SLICE + len(EVOLVED)
+    assert counters.events_in == SLICE + len(EXTRA) + RESENT + len(MALFORMED)
+    assert counters.scored == SLICE + len(EXTRA)
     assert counters.duplicates == RESENT
     assert counters.dead_lettered == len(MALFORMED)
+    # one web-UI counter per reason (dlq_<reason> on decode-validate), each with its exact count
+    assert {r: n for r, n in counters.dlq_by_reason.items() if n} == Counter(r for r, _, _ in MALFORMED)
     assert counters.events_in == counters.scored + counters.dead_lettered + counters.duplicates
 
 
@@ -111,15 +141,24 @@ def test_dead_letters_have_reasons_and_raw_bytes(run):
         d = by_key[key]
         assert d["reason"] == reason and d["raw_value"] == value
         assert d["source_topic"] == cfg.kafka.events_topic and d["source_offset"] >= 0
+        assert 0 <= d["source_partition"] < 4 and d["detail"]
 
 
 def test_exact_counts_per_topic(run):
     _, _, _, events, _, outputs = run
-    assert len(outputs["recommendation"]) == SLICE + len(EVOLVED)
-    assert len({r["event_id"] for r in outputs["recommendation"]}) == SLICE + len(EVOLVED)  # each exactly once
+    assert len(outputs["recommendation"]) == SLICE + len(EXTRA)
+    assert len({r["event_id"] for r in outputs["recommendation"]}) == SLICE + len(EXTRA)  # each exactly once
     n_cart = sum(e["event_type"] == "add_to_cart" for e in events)
     assert len(outputs["cart"]) == n_cart
     assert all(r["_key"] == r["user_id"].encode() for r in outputs["recommendation"])
+
+
+def test_user_id_beyond_64_bits_is_kept_exactly(run):
+    *_, outputs = run
+    big = [r for r in outputs["recommendation"] if r["event_id"] == "big-id-1"]
+    assert len(big) == 1
+    assert big[0]["user_id"] == "184467440737095516161234567890"
+    assert big[0]["_key"] == b"184467440737095516161234567890"
 
 
 def test_older_and_newer_writer_schemas_are_scored(run):
