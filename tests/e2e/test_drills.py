@@ -31,7 +31,7 @@ from confluent_kafka.admin import AdminClient, OffsetSpec
 from jobs.datasets import read_events, resolve_dataset, time_ordered
 from jobs.demo import all_topics, create_topics, job_counters
 from jobs.flink import submit
-from jobs.replay import producer_config, replay
+from jobs.replay import produce_raw, producer_config, replay
 from schemas import CART_SUBJECT, CHURN_SUBJECT, DLQ_SUBJECT, RECOMMENDATION_SUBJECT, SchemaStore
 from udfs.decode import parse_event
 from udfs.scoring import IntentEngine, IntentRouter
@@ -46,6 +46,7 @@ MID = 600                # break things once this many recommendation records ar
 TOLERANCE = 1e-4         # streamed vs offline probabilities (same bound as test_pipeline.py)
 OUTPUTS = (("recommendation", RECOMMENDATION_SUBJECT), ("cart", CART_SUBJECT), ("churn", CHURN_SUBJECT))
 IGNORED = {"scored_at"}  # wall clock of the scoring: differs between any two runs
+BAD = [(f"drill-bad-{i}".encode(), f"not avro {i}".encode()) for i in range(6)]  # dead-lettered across the failure
 
 
 # --------------------------------------------------------------------------------------------
@@ -83,6 +84,23 @@ def read_committed(cfg, topic: str, subject: str, store: SchemaStore, timeout_s:
                 out.append(dec.decode(m.value()) | {"_key": m.key(), "_partition": m.partition()})
     finally:
         c.close()
+
+
+def send_bad(cfg, records) -> None:
+    for key, value in records:
+        produce_raw(cfg.kafka.bootstrap_servers, cfg.kafka.events_topic, key, value)
+
+
+def assert_dead_lettered_once(cfg, store: SchemaStore, got: list[dict], records, timeout_s: float = 60) -> None:
+    """Each bad record is on events.dlq exactly once (the DLQ sink is transactional too)."""
+    deadline = time.time() + timeout_s
+    while len(got) < len(records) and time.time() < deadline:
+        time.sleep(2)
+        got = read_committed(cfg, cfg.kafka.dlq_topic, DLQ_SUBJECT, store)
+    keys = Counter(d["raw_key"] for d in got)
+    print(f"[dlq] {len(got)} dead letters committed for {len(records)} bad records: {dict(keys)}")
+    assert keys == Counter(k for k, _ in records)
+    assert all(d["reason"] == "bad_framing" for d in got)
 
 
 def read_outputs(cfg, store: SchemaStore) -> dict[str, list[dict]]:
@@ -367,9 +385,11 @@ def test_drill_taskmanager_killed_mid_replay(stack, stack_ctl, drill_job, taobao
     feeder.start()
     # Mid-stream: the job has read a good part of the events and completed checkpoints with them.
     n_mid = wait_mid_stream(cfg, store, feeder)
+    send_bad(cfg, BAD[:3])                 # read before the kill: scored, maybe replayed after it
     n_cp, cp_before = latest_completed_checkpoint(stack, job_id)
     t_kill = time.time()
     stack_ctl("kill-taskmanager")
+    send_bad(cfg, BAD[3:])                 # arrive while no TaskManager runs
     print(f"[drill 1] killed the TaskManager {t_kill - t_replay:.1f}s into the replay: {n_mid} "
           f"recommendation records committed, {n_cp} checkpoints completed (latest id {cp_before})")
     stack_ctl("restart-taskmanager")
@@ -402,7 +422,7 @@ def test_drill_taskmanager_killed_mid_replay(stack, stack_ctl, drill_job, taobao
     assert obs["numRestarts"] == 1, obs["failures"]
     assert obs["restored_checkpoint_id"] is not None and not obs["restored_is_savepoint"]
     assert obs["restored_checkpoint_id"] >= cp_before   # the last checkpoint, not an older one
-    assert got["dlq"] == []
+    assert_dead_lettered_once(cfg, store, got["dlq"], BAD)
     assert_exactly_once(report)
 
 
