@@ -62,7 +62,7 @@ def parse_event(record: dict, partition: int = -1, offset: int = -1) -> Event:
     if price is not None and (not math.isfinite(price) or price < 0):
         raise DecodeError("bad_price", f"price={price}")
     type_code = TYPE_CODE.get(record["event_type"])
-    if type_code is None:  # only reachable if the reader enum and the contract drift apart
+    if type_code is None:  # a newer writer's enum symbol (fastavro passes it through unresolved), or contract drift
         raise DecodeError("unknown_event_type", f"event_type={record['event_type']!r}")
     return Event(user_id, event_id, type_code, record.get("item_id") or None,
                  record.get("category_id") or None, price, ts, partition, offset)
