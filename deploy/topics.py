@@ -67,6 +67,32 @@ def wait_for_metadata(admin, deadline: float):
         time.sleep(0.5)
 
 
+def describe_topic_configs(admin, names: list[str], deadline: float):
+    """Yield (name, config, error) per topic. A topic the broker does not list yet (metadata still
+    propagating after a create or a broker restart: UNKNOWN_TOPIC_OR_PART) is asked again until
+    ``deadline``."""
+    from confluent_kafka import KafkaError, KafkaException
+    from confluent_kafka.admin import ConfigResource, ResourceType
+
+    pending = list(names)
+    while pending:
+        retry = []
+        futures = admin.describe_configs([ConfigResource(ResourceType.TOPIC, n) for n in pending], request_timeout=30)
+        for res, fut in futures.items():
+            try:
+                yield res.name, fut.result(), None
+            except KafkaException as e:
+                err = e.args[0]
+                if (isinstance(err, KafkaError) and err.code() == KafkaError.UNKNOWN_TOPIC_OR_PART
+                        and time.monotonic() < deadline):
+                    retry.append(res.name)
+                else:
+                    yield res.name, None, err
+        pending = retry
+        if pending:
+            time.sleep(0.5)
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--bootstrap", default=os.environ.get("INTENTFLOW_BOOTSTRAP", "127.0.0.1:9092"))
@@ -118,6 +144,7 @@ def main(argv: list[str] | None = None) -> int:
                                       replication_factor=args.replication_factor, config=cfg))
 
     errors: list[str] = []
+    created_with_config: set[str] = set()
     if to_create:
         futures = admin.create_topics(to_create, operation_timeout=30, request_timeout=30)
         for name, fut in futures.items():
@@ -125,6 +152,7 @@ def main(argv: list[str] | None = None) -> int:
                 fut.result()
                 extra = f", {TIMESTAMP_TYPE}={LOG_APPEND_TIME}" if name in args.log_append_time else ""
                 log(f"created {name}: {args.partitions} partitions{extra}")
+                created_with_config.add(name)
             except KafkaException as e:
                 err = e.args[0]
                 if isinstance(err, KafkaError) and err.code() == KafkaError.TOPIC_ALREADY_EXISTS:
@@ -132,27 +160,25 @@ def main(argv: list[str] | None = None) -> int:
                 else:
                     errors.append(f"create {name}: {err}")
 
-    # Converge message.timestamp.type on topics that already existed (or raced) without it.
-    args.log_append_time = list(dict.fromkeys(args.log_append_time))
-    if args.log_append_time:
-        resources = [ConfigResource(ResourceType.TOPIC, n) for n in args.log_append_time]
-        for res, fut in admin.describe_configs(resources, request_timeout=30).items():
-            try:
-                cfg = fut.result()
-            except KafkaException as e:
-                errors.append(f"describe {res.name}: {e.args[0]}")
+    # Converge message.timestamp.type on topics that already existed (or raced) without it; topics
+    # created above got it at creation.
+    to_check = [n for n in dict.fromkeys(args.log_append_time) if n not in created_with_config]
+    if to_check:
+        for name, cfg, err in describe_topic_configs(admin, to_check, time.monotonic() + 30):
+            if err is not None:
+                errors.append(f"describe {name}: {err}")
                 continue
             current = cfg.get(TIMESTAMP_TYPE)
             if current is not None and current.value == LOG_APPEND_TIME:
                 continue
-            alter = ConfigResource(ResourceType.TOPIC, res.name, incremental_configs=[
+            alter = ConfigResource(ResourceType.TOPIC, name, incremental_configs=[
                 ConfigEntry(TIMESTAMP_TYPE, LOG_APPEND_TIME, incremental_operation=AlterConfigOpType.SET)])
             try:
                 for _, afut in admin.incremental_alter_configs([alter], request_timeout=30).items():
                     afut.result()
-                log(f"altered {res.name}: {TIMESTAMP_TYPE} {current.value if current else None} -> {LOG_APPEND_TIME}")
+                log(f"altered {name}: {TIMESTAMP_TYPE} {current.value if current else None} -> {LOG_APPEND_TIME}")
             except KafkaException as e:
-                errors.append(f"alter {res.name}: {e.args[0]}")
+                errors.append(f"alter {name}: {e.args[0]}")
 
     # Wait until every topic is in the metadata with a leader on each partition, so producers that
     # start right after this script never see UNKNOWN_TOPIC_OR_PART / LEADER_NOT_AVAILABLE.
