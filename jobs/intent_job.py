@@ -15,10 +15,16 @@ out with exactly-once transactions); everything in between is DataStream API in 
 from __future__ import annotations
 
 import argparse
+import time
 
 from jobs.config import IntentFlowConfig, load_config
 
 BYTES_ROW = ("k", "v")
+# The consumer hands out one partition's fetched records until they are used up: with the default
+# 1 MiB per partition a backlog is read ~10k records of one partition at a time, the partitions'
+# event times drift apart by hours to days, and the idleness timeout can mistake a partition that
+# merely waits its turn for an idle one. 64 KiB (~600 events) keeps the partitions interleaved.
+FETCH_BYTES_PER_PARTITION = 65_536
 
 
 def build_pipeline(env, t_env, cfg: IntentFlowConfig) -> None:
@@ -29,6 +35,7 @@ def build_pipeline(env, t_env, cfg: IntentFlowConfig) -> None:
 
     from udfs.control import FORGET_FIELDS, make_control_decode_function
     from udfs.decode import EVENT_FIELDS, make_decode_function
+    from udfs.event_time import PartitionClock
     from udfs.sequence import make_scorer_function
 
     kv_type = Types.ROW_NAMED(list(BYTES_ROW), [Types.PRIMITIVE_ARRAY(Types.BYTE())] * 2)
@@ -42,8 +49,15 @@ def build_pipeline(env, t_env, cfg: IntentFlowConfig) -> None:
     idle = Duration.of_millis(cfg.flink.idle_source_timeout_ms)
 
     class EventTime(TimestampAssigner):
+        """The slowest active partition's newest event time (udfs/event_time.py): the watermark
+        follows each Kafka partition, as a per-partition strategy in the source would."""
+        def __init__(self, idle_ms: int):
+            self.idle_ms, self.clock = idle_ms, None
+
         def extract_timestamp(self, value, record_timestamp):
-            return value.event_time
+            if self.clock is None:
+                self.clock = PartitionClock(self.idle_ms)
+            return self.clock.observe(value.partition, value.event_time, int(time.time() * 1000))
 
     class NeverAdvances(TimestampAssigner):
         """Control requests must not move event time (a replay's clock is not the wall clock):
@@ -61,7 +75,7 @@ def build_pipeline(env, t_env, cfg: IntentFlowConfig) -> None:
     scored = (events
               .assign_timestamps_and_watermarks(
                   WatermarkStrategy.for_bounded_out_of_orderness(Duration.of_millis(cfg.flink.max_out_of_orderness_ms))
-                  .with_idleness(idle).with_timestamp_assigner(EventTime()))
+                  .with_idleness(idle).with_timestamp_assigner(EventTime(cfg.flink.idle_source_timeout_ms)))
               .name("event-time-watermarks").uid("event-time-watermarks")
               .connect(requests
                        .assign_timestamps_and_watermarks(
@@ -103,6 +117,7 @@ def _create_kafka_tables(t_env, cfg: IntentFlowConfig) -> None:
           'properties.isolation.level' = 'read_committed',
           'scan.startup.mode' = '{k.startup_mode}',
           'properties.auto.offset.reset' = 'earliest',
+          'properties.max.partition.fetch.bytes' = '{FETCH_BYTES_PER_PARTITION}',
           'key.format' = 'raw', 'key.fields' = 'k',
           'value.format' = 'raw', 'value.fields-include' = 'EXCEPT_KEY'
         )""")

@@ -4,8 +4,9 @@ late events follow the documented policy (scored like any other, counted as ``ev
 The job runs with parallelism 2 on a 4-partition topic; the Kafka source gives partitions 0 and 2
 to one reader and 1 and 3 to the other. Real events go to partitions 0 and 2 only, so one reader
 (and its watermark assigner) never sees a record. With ``with_idleness`` that input is marked idle
-and the scorer's event-time clock (its output watermark, in both subtasks) follows the active one
-exactly: max event time − out-of-orderness − 1 ms.
+and the scorer's event-time clock (its output watermark, in both subtasks) follows the active
+reader, whose clock is per partition: the slower partition's newest event time − out-of-orderness
+− 1 ms (up to the faster one's, if the slower went idle first).
 """
 from __future__ import annotations
 
@@ -51,17 +52,24 @@ def test_idle_partitions_do_not_stall_the_watermark(stack, isolated_config):
         assert produce_to(cfg, events, [0, 2]) == EVENTS
         counters = wait_accounted(stack, job_id, EVENTS, timeout_s=240)
         assert counters.scored == EVENTS
-        expected = max(e["event_time"] for e in events) - OUT_OF_ORDERNESS_MS - 1
+        # The watermark follows the slower of the two partitions with data (per-partition event time,
+        # udfs/event_time.py); the faster one's newest event is reachable only if the slower went idle first.
+        newest = {}
+        for e in events:
+            part = (0, 2)[zlib.crc32(e["user_id"].encode()) % 2]
+            newest[part] = max(newest.get(part, 0), e["event_time"])
+        lowest = min(newest.values()) - OUT_OF_ORDERNESS_MS - 1
+        highest = max(newest.values()) - OUT_OF_ORDERNESS_MS - 1
         vid = job_vertex(stack, job_id, SCORER_VERTEX)
         deadline, seen = time.time() + 90, ()
         while time.time() < deadline:
             seen = stack.operator_watermark(job_id, vid, SCORER_VERTEX)   # (min, max) over the 2 subtasks
-            if seen == (expected, expected):
+            if seen and seen[0] == seen[1] and lowest <= seen[0] <= highest:
                 break
             time.sleep(2)
-        print(f"\n[idle] scorer event-time clock (min, max over subtasks) {seen}, expected {expected} "
-              f"(max event time - {OUT_OF_ORDERNESS_MS} ms - 1)")
-        assert seen == (expected, expected)
+        print(f"\n[idle] scorer event-time clock (min, max over subtasks) {seen}, expected in [{lowest}, {highest}] "
+              f"(newest event time of the slower / faster partition with data - {OUT_OF_ORDERNESS_MS} ms - 1)")
+        assert seen[0] == seen[1] and lowest <= seen[0] <= highest
     finally:
         stack.cancel(job_id)
         AdminClient({"bootstrap.servers": cfg.kafka.bootstrap_servers}).delete_topics(all_topics(cfg))
