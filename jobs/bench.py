@@ -1240,6 +1240,11 @@ def run_bench(cfg: IntentFlowConfig, opts: BenchOptions, out: Callable[[str], No
     rest = FlinkRest(rest_url(env))
     jcfg = _isolated(cfg, run)
     machine = machine_description(rest)
+    others = [j.get("name", j.get("jid")) for j in rest.jobs() if j.get("state") == "RUNNING"]
+    machine["other_jobs_running"] = others
+    if others:
+        out(f"[bench] WARNING: other jobs are running on this cluster ({', '.join(map(str, others))}): they share "
+            f"the TaskManager and the CPUs, so the figures are not representative (intentflow stop cancels the demo's)")
     pids = stack_pids(Path(env.get("INTENTFLOW_RUN_DIR", REPO_ROOT / ".run")))
     out(f"[bench] run {run}: cloning {opts.dataset} to {opts.users:,} users (at most {opts.max_events:,} events)")
     base = load_base_events(opts.dataset)

@@ -60,6 +60,7 @@ class Confirmations:
 
 
 def make_control_decode_function(dlq_tag):
-    from udfs.decode import make_decode_function
+    from udfs.decode import DECODE_REASONS, make_decode_function
     return make_decode_function(dlq_tag, FORGET_SUBJECT, parse_forget, FORGET_FIELDS,
-                                counter_prefix="control", dlq_prefix="control_dlq_")
+                                counter_prefix="control", dlq_prefix="control_dlq_",
+                                reasons=(*DECODE_REASONS, "bad_request_id"))

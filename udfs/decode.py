@@ -22,6 +22,11 @@ MAX_USER_ID = 128
 MAX_ID = 256
 MAX_QUERY = 2048
 DETAIL_MAX = 300
+# Every reason the decoder and parse_event can give: their counters exist (at 0) from the start, so a
+# dashboard shows every dlq_<reason> before it first happens.
+DECODE_REASONS = ("empty_value", "bad_framing", "unknown_schema_id", "bad_avro", "invalid_utf8",
+                  "unknown_event_type", "schema_mismatch", "decode_error", "missing_user_id", "user_id_too_long",
+                  "missing_event_id", "field_too_long", "bad_event_time", "bad_price")
 
 
 class Event(NamedTuple):
@@ -103,7 +108,7 @@ def kafka_ts_ms(value) -> int:
 
 
 def make_decode_function(dlq_tag, subject: str = EVENTS_SUBJECT, parse=parse_event, fields=EVENT_FIELDS,
-                         counter_prefix: str = "events", dlq_prefix: str = "dlq_"):
+                         counter_prefix: str = "events", dlq_prefix: str = "dlq_", reasons=DECODE_REASONS):
     """The Flink ProcessFunction, built lazily so this module imports without PyFlink.
 
     The defaults decode user events; :mod:`udfs.control` reuses it for control requests with
@@ -124,7 +129,7 @@ def make_decode_function(dlq_tag, subject: str = EVENTS_SUBJECT, parse=parse_eve
             self.metrics = runtime_context.get_metrics_group()
             self.records_in = self.metrics.counter(f"{counter_prefix}_in")
             self.decoded = self.metrics.counter(f"{counter_prefix}_decoded")
-            self.dlq_counters = {}
+            self.dlq_counters = {r: self.metrics.counter(f"{dlq_prefix}{r}") for r in reasons}
 
         def process_element(self, raw, ctx):
             self.records_in.inc()

@@ -37,3 +37,19 @@ def test_refused_events(change, reason):
 def test_empty_optional_ids_become_none():
     ev = parse_event(dict(GOOD, item_id="", category_id=None))
     assert ev.item_id is None and ev.category_id is None
+
+
+def test_every_reason_the_code_can_give_has_a_counter_from_the_start():
+    """DECODE_REASONS pre-registers dlq_<reason> counters: it must list every reason raised."""
+    import re
+    from pathlib import Path
+
+    from udfs.decode import DECODE_REASONS
+    root = Path(__file__).resolve().parents[2]
+    raised = set()
+    for path in ("schemas/__init__.py", "udfs/decode.py"):
+        text = (root / path).read_text()
+        raised |= set(re.findall(r'DecodeError\("([a-z_0-9]+)"', text))
+        raised |= set(re.findall(r'reason = "([a-z_0-9]+)" if .* else "([a-z_0-9]+)"', text)[0]) if "reason = " in text else set()
+        raised |= set(re.findall(r'_dead_letter\(raw, "([a-z_0-9]+)"', text))
+    assert raised and raised <= set(DECODE_REASONS), raised - set(DECODE_REASONS)
