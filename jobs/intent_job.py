@@ -52,11 +52,9 @@ def build_pipeline(env, t_env, cfg: IntentFlowConfig) -> None:
         """The slowest active partition's newest event time (udfs/event_time.py): the watermark
         follows each Kafka partition, as a per-partition strategy in the source would."""
         def __init__(self, idle_ms: int):
-            self.idle_ms, self.clock = idle_ms, None
+            self.clock = PartitionClock(idle_ms)   # shipped empty: each subtask gets its own copy
 
         def extract_timestamp(self, value, record_timestamp):
-            if self.clock is None:
-                self.clock = PartitionClock(self.idle_ms)
             return self.clock.observe(value.partition, value.event_time, int(time.time() * 1000))
 
     class NeverAdvances(TimestampAssigner):

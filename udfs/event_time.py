@@ -27,7 +27,8 @@ class PartitionClock:
 
     def observe(self, partition: int, event_time: int, now_ms: int) -> int:
         """Record one event; return the event time the watermark may follow."""
-        if event_time > self.newest.get(partition, event_time - 1):
+        newest = self.newest.get(partition)
+        if newest is None or event_time > newest:
             self.newest[partition] = event_time
         self.seen_at[partition] = now_ms
         if len(self.newest) == 1:

@@ -151,7 +151,7 @@ class IntentEngine:
         offset = end - self.window
         picked: list[str] = []
         seen: set[int] = set()
-        names = self._category_names
+        names, own = self._category_names, None
         for pos in ranked:
             at = offset + pos
             if at < start:
@@ -162,7 +162,8 @@ class IntentEngine:
             seen.add(c)
             name = names.get(c)
             if name is None or name not in st.cats:
-                name = st.category_names().get(c)
+                own = own or st.category_names()
+                name = own.get(c)
                 if name is None:
                     continue
                 if len(names) < 262_144:   # bounded: ids beyond it are looked up per user
